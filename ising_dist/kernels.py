@@ -1,0 +1,234 @@
+"""Numba kernels for the 2D Ising model: pure functions of arrays and scalars.
+
+No I/O, no MPI, no globals beyond constants. Input validation and RNG ownership live in
+:mod:`ising_dist.engine`; these functions trust their arguments.
+
+Lattice: ``spins`` int8 [L, L], values ±1, periodic, L even (the checkerboard needs a
+bipartite torus). Energies and magnetizations are integer *totals* here
+(E = -Σ_<ij> s_i s_j, M = Σ s_i); per-spin values are formed by the callers.
+
+Random numbers are counter-based (SplitMix64 finaliser of ``key + (counter+1)·γ``), so a
+stream is fully described by (key, counter) and results do not depend on threads or ranks:
+
+* Metropolis: the random number for site (i, j) in sweep t is ``rand(key, t·N + i·L + j)``.
+  No state is carried between sweeps beyond the sweep index, so a row-parallel sweep is
+  bit-identical to a serial one, and a replica's trajectory does not depend on who runs it.
+* Wolff: a sequential stream ``rand(key, counter++)``; the caller stores the counter.
+
+The acceptance test compares the top 32 bits of the random number with a precomputed
+threshold ``floor(exp(-β ΔE) · 2^32)`` for ΔE ∈ {4, 8} (see :func:`metropolis_thresholds`).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+_ONE = np.uint64(1)
+
+
+@njit(inline="always")
+def rand64(key, counter):
+    """SplitMix64 output number ``counter`` of the stream ``key`` (both uint64)."""
+    z = key + (counter + _ONE) * _GAMMA
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+def metropolis_thresholds(beta):
+    """uint64 [2]: acceptance thresholds on a 32-bit uniform for ΔE = 4 and ΔE = 8."""
+    p = np.exp(-beta * np.array([4.0, 8.0]))
+    return np.floor(p * 2.0**32).astype(np.uint64)
+
+
+def wolff_threshold(beta):
+    """uint64: threshold on a 32-bit uniform for adding a bond, p_add = 1 - exp(-2β)."""
+    return np.uint64(np.floor(-np.expm1(-2.0 * beta) * 2.0**32))
+
+
+@njit(inline="always")
+def _update_row(spins, i, colour, thr4, thr8, key, base, out):
+    """Metropolis update of the sites of one colour in row i. Returns (dE, dM) totals.
+
+    Branch-free over the whole row (the other colour is masked out) and written through
+    the scratch row ``out`` (int8 [L]) so that LLVM can vectorise the hash; the random
+    number of site j is the same as a site-by-site loop would draw.
+    """
+    L = spins.shape[0]
+    row = spins[i]
+    up = spins[i - 1 if i > 0 else L - 1]
+    down = spins[i + 1 if i + 1 < L else 0]
+    rowbase = base + np.uint64(i * L)
+    parity = (i + colour) & 1
+    de = 0
+    dm = 0
+    for j in range(L):
+        s = np.int32(row[j])
+        h = (np.int32(up[j]) + np.int32(down[j]) + np.int32(row[j - 1 if j > 0 else L - 1])
+             + np.int32(row[j + 1 if j + 1 < L else 0]))
+        sh = s * h
+        r = rand64(key, rowbase + np.uint64(j)) >> _S32
+        flip = np.int32(((sh <= 0) | (r < (thr4 if sh == 2 else thr8))) & ((j & 1) == parity))
+        out[j] = np.int8(s - 2 * s * flip)
+        de += 2 * sh * flip
+        dm -= 2 * s * flip
+    row[:] = out
+    return de, dm
+
+
+@njit(parallel=True, cache=True)
+def metropolis_sweep(spins, thr, key, sweep, scratch):
+    """One checkerboard Metropolis sweep of one lattice, rows split over numba threads.
+
+    spins: int8 [L, L] updated in place; thr: uint64 [2] from metropolis_thresholds;
+    key: uint64 stream key; sweep: int, the sweep index that selects the random numbers;
+    scratch: int8 [L, L] work array. Returns (dE, dM) as int64 totals.
+    """
+    L = spins.shape[0]
+    base = np.uint64(sweep) * np.uint64(L * L)
+    de = 0
+    dm = 0
+    for colour in range(2):
+        for i in prange(L):
+            a, b = _update_row(spins, i, colour, thr[0], thr[1], key, base, scratch[i])
+            de += a
+            dm += b
+    return de, dm
+
+
+@njit(inline="always")
+def _metropolis_serial(spins, thr4, thr8, key, sweep, out):
+    L = spins.shape[0]
+    base = np.uint64(sweep) * np.uint64(L * L)
+    de = 0
+    dm = 0
+    for colour in range(2):
+        for i in range(L):
+            a, b = _update_row(spins, i, colour, thr4, thr8, key, base, out)
+            de += a
+            dm += b
+    return de, dm
+
+
+@njit(inline="always")
+def _neighbour(site, k, L):
+    i = site // L
+    j = site - i * L
+    if k == 0:
+        return (i - 1 if i > 0 else L - 1) * L + j
+    if k == 1:
+        return (i + 1 if i + 1 < L else 0) * L + j
+    if k == 2:
+        return i * L + (j - 1 if j > 0 else L - 1)
+    return i * L + (j + 1 if j + 1 < L else 0)
+
+
+@njit(cache=True)
+def _wolff_cluster(spins, padd, key, counter, stack, members, mark):
+    """Grow and flip one Wolff cluster. Returns (size, dE, dM, counter).
+
+    stack, members: int64 [N] work arrays; mark: bool [N], all False on entry and left all
+    False on exit (cleared over the cluster only, so small clusters stay cheap).
+    """
+    L = spins.shape[0]
+    N = L * L
+    flat = spins.reshape(N)
+    r = rand64(key, counter) >> _S32
+    counter += _ONE
+    seed = np.int64((r * np.uint64(N)) >> _S32)
+    s0 = flat[seed]
+    stack[0] = seed
+    members[0] = seed
+    mark[seed] = True
+    top = 1
+    n = 1
+    while top > 0:
+        top -= 1
+        site = stack[top]
+        for k in range(4):
+            nb = _neighbour(site, k, L)
+            if not mark[nb] and flat[nb] == s0:
+                r = rand64(key, counter) >> _S32
+                counter += _ONE
+                if r < padd:
+                    mark[nb] = True
+                    stack[top] = nb
+                    top += 1
+                    members[n] = nb
+                    n += 1
+    de = 0
+    for c in range(n):
+        flat[members[c]] = -s0
+    for c in range(n):
+        for k in range(4):
+            nb = _neighbour(members[c], k, L)
+            if not mark[nb]:
+                # bond to an outside spin: energy -s0·s_nb before, +s0·s_nb after
+                de += 2 * np.int64(s0) * np.int64(flat[nb])
+    for c in range(n):
+        mark[members[c]] = False
+    return n, de, -2 * np.int64(s0) * n, counter
+
+
+@njit(parallel=True, cache=True)
+def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
+                     n_metropolis, n_wolff, energy, magnet, flipped):
+    """Advance R independent replicas by n_sweeps steps, replicas split over threads.
+
+    spins int8 [R, L, L]; thr uint64 [R, 2]; padd uint64 [R]; keys, wkeys uint64 [R]
+    (Metropolis / Wolff stream keys); counters uint64 [R] Wolff stream positions (updated);
+    n_wolff int64 [R] clusters per step; energy, magnet int64 [R] running totals (updated);
+    flipped int64 [R] running count of spins flipped by Wolff clusters (updated).
+    One step = n_metropolis Metropolis sweeps (sweep indices (sweep0+t)·n_metropolis + k)
+    followed by n_wolff[r] Wolff clusters. The number of clusters must not depend on the
+    configuration: a rule such as "clusters until N spins flipped" biases the samples.
+    """
+    R = spins.shape[0]
+    N = spins.shape[1] * spins.shape[2]
+    for r in prange(R):
+        stack = np.empty(N, np.int64)
+        members = np.empty(N, np.int64)
+        mark = np.zeros(N, np.bool_)
+        out = np.empty(spins.shape[2], np.int8)
+        lat = spins[r]
+        de = 0
+        dm = 0
+        nf = 0
+        c = counters[r]
+        for t in range(n_sweeps):
+            for k in range(n_metropolis):
+                a, b = _metropolis_serial(lat, thr[r, 0], thr[r, 1], keys[r],
+                                          (sweep0 + t) * n_metropolis + k, out)
+                de += a
+                dm += b
+            for _ in range(n_wolff[r]):
+                n, a, b, c = _wolff_cluster(lat, padd[r], wkeys[r], c, stack, members, mark)
+                de += a
+                dm += b
+                nf += n
+        counters[r] = c
+        energy[r] += de
+        magnet[r] += dm
+        flipped[r] += nf
+
+
+@njit(cache=True)
+def energy_magnetization(spins):
+    """Totals (E, M) of one lattice: E = -Σ_<ij> s_i s_j (right and down bonds), M = Σ s."""
+    L = spins.shape[0]
+    e = 0
+    m = 0
+    for i in range(L):
+        down = spins[i + 1 if i + 1 < L else 0]
+        row = spins[i]
+        for j in range(L):
+            s = np.int64(row[j])
+            e -= s * (np.int64(row[j + 1 if j + 1 < L else 0]) + np.int64(down[j]))
+            m += s
+    return e, m

@@ -1,0 +1,183 @@
+"""The simulation engine against exact answers, and its reproducibility contract.
+
+Statistics: independent replicas (distinct streams) give honest error bars without
+modelling autocorrelation; each test states where its σ comes from.
+"""
+
+import numba
+import numpy as np
+import pytest
+from scipy import stats
+
+from ising_dist import exact, kernels
+from ising_dist.engine import Chains, check_lattice, clusters_per_sweep, initial_lattice
+
+TC = exact.TC
+
+
+def sample_chains(L, T, algorithm, replicas, thermalize, samples, every, seed=1):
+    """Run `replicas` independent chains; return per-spin e, m of shape [replicas, samples]."""
+    chains = Chains.create(L, seed, range(replicas))
+    betas = np.full(replicas, 1.0 / T)
+    chains.advance(betas, thermalize, 0, "metropolis")
+    n_wolff = clusters_per_sweep(chains.mean_cluster_size(betas).mean(), L * L)
+    e = np.empty((replicas, samples))
+    m = np.empty((replicas, samples))
+    sweep = thermalize
+    for k in range(samples):
+        chains.advance(betas, every, sweep, algorithm, n_wolff=n_wolff)
+        sweep += every
+        e[:, k], m[:, k] = chains.per_spin()
+    return e, m
+
+
+@pytest.mark.parametrize("algorithm", ["metropolis", "wolff", "hybrid"])
+@pytest.mark.parametrize("T", [1.5, 2.269, 3.5])
+def test_l4_matches_exact_enumeration(algorithm, T):
+    """Chi-square of the joint (E, |M|) histogram against exact enumeration at L=4.
+
+    Samples are 4 sweeps apart on 128 independent chains: at L=4 that is several τ_int
+    (checked below), so the samples are close to independent and the chi-square is honest.
+    """
+    L, N = 4, 16
+    e, m = sample_chains(L, T, algorithm, replicas=128, thermalize=200, samples=150, every=4)
+    E = np.rint(e * N).astype(int).ravel()
+    A = np.rint(np.abs(m) * N).astype(int).ravel()
+    Ex, Ax, p = exact.exact_distribution(L, T)
+    index = {(a, b): k for k, (a, b) in enumerate(zip(Ex, Ax))}
+    observed = np.zeros(len(p))
+    for a, b in zip(E, A):
+        observed[index[(a, b)]] += 1  # a KeyError here would be an impossible state
+    n = observed.sum()
+    expected = n * p
+    keep = expected >= 5  # standard validity rule; pool the rare states in one bin
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp_ = np.append(expected[keep], expected[~keep].sum())
+    if exp_[-1] == 0:
+        obs, exp_ = obs[:-1], exp_[:-1]
+    chi2 = ((obs - exp_) ** 2 / exp_).sum()
+    pvalue = stats.chi2.sf(chi2, len(obs) - 1)
+    assert pvalue > 1e-3, f"{algorithm} T={T}: chi2={chi2:.1f} dof={len(obs)-1} p={pvalue:.2g}"
+    # the samples must really be nearly independent for the test above to mean anything
+    lag1 = np.mean([np.corrcoef(row[:-1], row[1:])[0, 1] for row in e])
+    assert lag1 < 0.3, f"lag-1 autocorrelation {lag1:.2f}: samples too correlated"
+
+
+def replica_jackknife(e, T, N):
+    """(e_mean, e_err, c, c_err) with errors from leave-one-replica-out jackknife.
+
+    e: [R, S] per-spin energies of R independent chains. The pooled estimators use all
+    samples; the jackknife over independent replicas needs no autocorrelation model.
+    """
+    R = e.shape[0]
+    def estimates(x):
+        return x.mean(), N * x.var() / T**2
+    full = np.array(estimates(e))
+    jk = np.array([estimates(np.delete(e, r, axis=0)) for r in range(R)])
+    err = np.sqrt((R - 1) / R * ((jk - jk.mean(axis=0)) ** 2).sum(axis=0))
+    return full[0], err[0], full[1], err[1]
+
+
+@pytest.mark.parametrize("algorithm,sweeps", [("metropolis", 8000), ("wolff", 3000)])
+@pytest.mark.parametrize("T", [2.0, 2.269, 2.6])
+def test_l16_matches_kaufman(algorithm, sweeps, T):
+    L, N = 16, 256
+    e, _ = sample_chains(L, T, algorithm, replicas=32, thermalize=1000, samples=sweeps, every=1)
+    e_mean, e_err, c, c_err = replica_jackknife(e, T, N)
+    e_exact = exact.kaufman_energy(T, L)
+    c_exact = exact.kaufman_specific_heat(T, L)
+    assert abs(e_mean - e_exact) < 3 * e_err, (e_mean, e_err, e_exact)
+    assert abs(c - c_exact) < 3 * c_err, (c, c_err, c_exact)
+    # the error bars must be small enough for the comparison to have teeth
+    assert e_err < 2e-3 and c_err < 0.05 * c_exact
+
+
+def test_same_seed_same_trajectory_and_streams_differ():
+    a = Chains.create(8, 42, [0, 1, 2])
+    b = Chains.create(8, 42, [0, 1, 2])
+    betas = np.full(3, 0.44)
+    for algorithm in ("metropolis", "wolff", "hybrid"):
+        a.advance(betas, 20, 0, algorithm)
+        b.advance(betas, 20, 0, algorithm)
+    assert np.array_equal(a.spins, b.spins) and np.array_equal(a.counters, b.counters)
+    # different replica ids: different initial lattices and different trajectories
+    assert not np.array_equal(a.spins[0], a.spins[1])
+    assert len(set(a.keys.tolist())) == 3 and len(set(a.wkeys.tolist())) == 3
+    # a replica evolves identically whether alone or batched with others (rank-independence)
+    c = Chains.create(8, 42, [2])
+    for algorithm in ("metropolis", "wolff", "hybrid"):
+        c.advance(betas[:1], 20, 0, algorithm)
+    assert np.array_equal(c.spins[0], a.spins[2])
+    # a different seed gives a different trajectory
+    d = Chains.create(8, 43, [0, 1, 2])
+    assert not np.array_equal(d.spins, Chains.create(8, 42, [0, 1, 2]).spins)
+
+
+def test_parallel_sweep_equals_batched_serial_sweep():
+    """The row-parallel single-lattice sweep (1 and 2 threads) equals the batched kernel."""
+    L, beta = 32, 1 / 2.269
+    chains = Chains.create(L, 7, [5])
+    ref = chains.spins[0].copy()
+    chains.advance(np.array([beta]), 10, 0, "metropolis")
+    thr = kernels.metropolis_thresholds(beta)
+    scratch = np.empty((L, L), np.int8)
+    for threads in (1, 2):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        s = ref.copy()
+        E, M = kernels.energy_magnetization(s)
+        for t in range(10):
+            de, dm = kernels.metropolis_sweep(s, thr, chains.keys[0], t, scratch)
+            E, M = E + de, M + dm
+        assert np.array_equal(s, chains.spins[0])
+        assert (E, M) == kernels.energy_magnetization(s)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.parametrize("algorithm", ["metropolis", "wolff", "hybrid"])
+def test_incremental_energy_and_magnetization(algorithm):
+    chains = Chains.create(12, 3, range(4))
+    chains.advance(np.linspace(0.2, 0.6, 4), 30, 0, algorithm, n_metropolis=2, n_wolff=3)
+    for s, E, M in zip(chains.spins, chains.energy, chains.magnet):
+        assert (E, M) == kernels.energy_magnetization(s)
+
+
+def test_ground_state_and_infinite_temperature_limits():
+    cold = Chains.create(8, 0, [0], start="cold")
+    assert cold.per_spin() == (-2.0, 1.0)
+    cold.advance(np.array([50.0]), 50, 0, "metropolis")  # T = 0.02: nothing can flip
+    assert np.all(cold.spins == 1)
+    # Wolff at very low T flips the whole lattice as one cluster
+    assert cold.mean_cluster_size(np.array([50.0]), 3)[0] == 64
+    assert np.all(cold.spins == -1)  # three whole-lattice flips
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.ones((5, 5), np.int8), "L=5"),
+    (np.ones((1, 1), np.int8), "L=1"),
+    (np.zeros((4, 4), np.int8), r"\+1 or -1"),
+    (np.ones((4, 4), np.float64), "int8"),
+    (np.ones((4, 6), np.int8), "square"),
+])
+def test_bad_lattices_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        check_lattice(bad)
+
+
+def test_bad_sizes_temperatures_and_algorithms_are_refused():
+    with pytest.raises(ValueError, match="L=7"):
+        Chains.create(7, 0, [0])
+    with pytest.raises(ValueError, match="L=0"):
+        Chains.create(0, 0, [0])
+    chains = Chains.create(4, 0, [0])
+    with pytest.raises(ValueError, match="T > 0"):
+        chains.advance(np.array([-1.0]), 1, 0)
+    with pytest.raises(ValueError, match="algorithm='heatbath'"):
+        chains.advance(np.array([1.0]), 1, 0, "heatbath")
+    with pytest.raises(ValueError, match="seed=-1"):
+        Chains.create(4, -1, [0])
+
+
+def test_initial_lattice_is_random_and_reproducible():
+    a = initial_lattice(64, 123)
+    assert np.array_equal(a, initial_lattice(64, 123))
+    assert abs(a.mean()) < 4 / 64  # 4σ for 4096 fair coin flips
