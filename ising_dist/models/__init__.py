@@ -1,0 +1,61 @@
+"""Generative models of Ising configurations, chosen and sized by ``ModelConfig`` alone.
+
+Data convention: x float32 [B, L, L] with spins mapped to {0, 1} (s = +1 → 1); T float32 [B]
+temperatures (scalars are broadcast). Networks output Bernoulli logits over the L×L sites;
+samples are int8 ±1 [n, L, L].
+
+Families (cfg.family) and their modules:
+    "ae"       ae.AE       deterministic code, no KL                        kind "likelihood"
+    "vae"      vae.VAE     Gaussian code, recon + kl_weight·KL              kind "likelihood"
+    "cvae"     cvae.CVAE   VAE with T fed to encoder and decoder            kind "likelihood"
+    "dcgan"    gan.GAN     T-conditional generator / BCE discriminator      kind "adversarial"
+    "wgan-gp"  gan.GAN     T-conditional generator / critic + grad penalty  kind "adversarial"
+Bodies (cfg.arch "mlp" or "conv", periodic padding optional) live in nets.py.
+
+Interface of every model returned by ``build_model(cfg)``:
+    model.cfg, model.kind                      ModelConfig; "likelihood" | "adversarial"
+    model.encode(x, T) -> (mu, logvar)         [B, d] each; AE (code, None); GAN raises
+                                               NotImplementedError
+    model.decode(z, T) -> logits [B, L, L]     z [B, latent_dim] (GAN: [B, noise_dim])
+    model.sample(n, T=None, mode=None, prior=None, generator=None) -> int8 ±1 [n, L, L]
+        mode "bernoulli" | "sign" and prior "normal" | "fitted" default to the config's;
+        conditional models need T; prior="fitted" uses the Gaussian of the nearest fitted T.
+    model.fit_prior(codes_mu [N, d], T [N])    per-T mean/variance buffers (saved in state_dict)
+    model.configure_optimizers(lr) -> [opt] (likelihood) | [generator opt, critic opt] (GAN)
+  likelihood models:
+    model.losses(x, T) == model(x, T) -> {"recon", "kl", "mag", "binarize", "total"}
+        total = recon + kl_weight·kl + mag_weight·mag + binarize_weight·binarize
+  adversarial models:
+    model.critic_loss(x, T) == model(x, T, "critic")       -> {"total", ...}
+    model.generator_loss(x, T) == model(x, T, "generator") -> {"total"}
+
+Training and files:
+    loop.train_epoch(model, loader, optimizers, device) -> {term: epoch mean}   (DDP-aware)
+    loop.evaluate_epoch(model, loader, device) -> {term: epoch mean}
+    io.save_model(path, model, extra) / io.load_model(path) -> (model, extra)
+DDP: wrap likelihood models as they are; wrap GANs with find_unused_parameters=True (the critic
+step runs the generator without gradient). The loop unwraps ``.module`` for everything else.
+"""
+from __future__ import annotations
+
+from .ae import AE
+from .base import GenerativeModel
+from .config import ModelConfig
+from .cvae import CVAE
+from .gan import GAN
+from .io import load_model, save_model
+from .loop import evaluate_epoch, train_epoch
+from .vae import VAE
+
+FAMILY_CLASSES = {"ae": AE, "vae": VAE, "cvae": CVAE, "dcgan": GAN, "wgan-gp": GAN}
+
+
+def build_model(cfg: ModelConfig | dict) -> GenerativeModel:
+    """The model of cfg.family with cfg's architecture and sizes (a dict is validated first)."""
+    if not isinstance(cfg, ModelConfig):
+        cfg = ModelConfig.from_dict(cfg)
+    return FAMILY_CLASSES[cfg.family](cfg)
+
+
+__all__ = ["AE", "CVAE", "GAN", "VAE", "GenerativeModel", "ModelConfig", "build_model",
+           "evaluate_epoch", "load_model", "save_model", "train_epoch"]

@@ -1,0 +1,156 @@
+"""ModelConfig: the one place where a generative model's family, architecture and size are chosen.
+
+A config is plain data (YAML → dict → ``ModelConfig.from_dict``) and is saved into every model file
+(``to_dict``), so a model can always be rebuilt without editing code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+TC = 2.269185314213022  # exact critical temperature 2/ln(1+√2), J = k_B = 1
+
+FAMILIES = ("ae", "vae", "cvae", "dcgan", "wgan-gp")
+ARCHS = ("mlp", "conv")
+SAMPLE_MODES = ("bernoulli", "sign")
+PRIORS = ("normal", "fitted")
+
+
+@dataclass
+class ModelConfig:
+    """Every field of a generative model, validated on construction.
+
+    family           "ae" | "vae" | "cvae" | "dcgan" | "wgan-gp"
+    arch             "mlp" (any L) | "conv" (L divisible by 2**len(channels))
+    L                lattice side; inputs/outputs are [B, L, L]
+    latent_dim       code size of AE/VAE/CVAE
+    hidden           MLP widths, input → hidden[0] → … → (μ, logσ²), mirrored back (seed 004)
+    channels         conv widths, each a stride-2 conv (5x5 first, 3x3 after), then a dense
+                     layer to the code; transposed convs back (seed 001)
+    periodic_padding circular padding in convs (the lattice is a torus)
+    kl_weight        ≥ 0, weight of KL in the loss (0 and 100 are studied, seed 001)
+    mag_weight       ≥ 0, weight of (m_in − m_out)² (seed 000's magnetization matching)
+    binarize_weight  ≥ 0, weight of mean p(1−p) (seed 000's push of outputs to 0/1)
+    sample_mode      "bernoulli" (draw each site) | "sign" (threshold p > 0.5, seed 000)
+    prior            "normal" (N(0, 1)) | "fitted" (per-T Gaussian fitted to codes, seed 001)
+    t_scale          temperatures enter networks as T / t_scale
+    gp_weight        WGAN-GP gradient-penalty weight
+    n_critic         critic steps per generator step (WGAN-GP; DCGAN always uses 1)
+    noise_dim        GAN generator noise size
+    """
+
+    family: str = "vae"
+    arch: str = "mlp"
+    L: int = 16
+    latent_dim: int = 2
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    channels: list[int] = field(default_factory=lambda: [64, 32])
+    periodic_padding: bool = True
+    kl_weight: float = 1.0
+    mag_weight: float = 0.0
+    binarize_weight: float = 0.0
+    sample_mode: str = "bernoulli"
+    prior: str = "normal"
+    t_scale: float = TC
+    gp_weight: float = 10.0
+    n_critic: int = 5
+    noise_dim: int = 16
+
+    def __post_init__(self) -> None:
+        self.validate()
+        # normalise after validation so to_dict() and saved files are canonical
+        self.hidden, self.channels = list(self.hidden), list(self.channels)
+        for name in ("kl_weight", "mag_weight", "binarize_weight", "gp_weight", "t_scale"):
+            setattr(self, name, float(getattr(self, name)))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        """Build from a plain dict (e.g. YAML); unknown keys and bad values raise ValueError."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"model config must be a mapping, got {type(d).__name__}: {d!r}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}: remove them; "
+                             f"known keys are {known}")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain primitives only (str/int/float/bool/list), safe for YAML and weights_only loads."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+        return out
+
+    @property
+    def conditional(self) -> bool:
+        """True when the networks take the temperature as an input."""
+        return self.family in ("cvae", "dcgan", "wgan-gp")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.family in ("dcgan", "wgan-gp")
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        _choice("family", self.family, FAMILIES)
+        _choice("arch", self.arch, ARCHS)
+        _choice("sample_mode", self.sample_mode, SAMPLE_MODES)
+        _choice("prior", self.prior, PRIORS)
+        _int("L", self.L, 2)
+        _int("latent_dim", self.latent_dim, 1)
+        _int("n_critic", self.n_critic, 1)
+        _int("noise_dim", self.noise_dim, 1)
+        _int_list("hidden", self.hidden)
+        _int_list("channels", self.channels)
+        if not isinstance(self.periodic_padding, bool):
+            raise ValueError(f"periodic_padding={self.periodic_padding!r}: must be true or false")
+        for name in ("kl_weight", "mag_weight", "binarize_weight", "gp_weight"):
+            _float(name, getattr(self, name), positive=False)
+        _float("t_scale", self.t_scale, positive=True)
+        if self.arch == "conv":
+            k = 2 ** len(self.channels)
+            if self.L % k:
+                raise ValueError(
+                    f"L={self.L}: arch='conv' with channels={self.channels} halves the lattice "
+                    f"{len(self.channels)} times, so L must be divisible by {k}; choose such an L, "
+                    f"fewer channels, or arch='mlp' (any L)")
+        if self.adversarial and self.prior == "fitted":
+            raise ValueError(f"prior='fitted' with family={self.family!r}: a GAN has no encoder to "
+                             f"fit codes to; use prior='normal'")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: must be one of {list(allowed)}")
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r}: must be an integer ≥ {minimum}")
+    if value < minimum:
+        raise ValueError(f"{name}={value}: must be ≥ {minimum}")
+
+
+def _int_list(name: str, value: Any) -> None:
+    if (not isinstance(value, (list, tuple)) or not value
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+        raise ValueError(f"{name}={value!r}: must be a non-empty list of positive integers, "
+                         f"e.g. [64, 32]")
+
+
+def _float(name: str, value: Any, positive: bool) -> None:
+    if isinstance(value, str):
+        raise ValueError(f"{name}={value!r}: must be a number, got a string (YAML reads 1e-3 as "
+                         f"text; write 1.0e-3 or 0.001)")
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value)):
+        raise ValueError(f"{name}={value!r}: must be a finite number")
+    if positive and value <= 0:
+        raise ValueError(f"{name}={value}: must be > 0")
+    if not positive and value < 0:
+        raise ValueError(f"{name}={value}: must be ≥ 0")

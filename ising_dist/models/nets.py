@@ -1,0 +1,163 @@
+"""Network bodies shared by every family: lattice → vector (encoder/critic), vector → logits.
+
+Shapes: lattices are [B, L, L] float in {0, 1} (or probabilities for GAN fakes); temperatures
+are [B]; vectors are [B, D]; logits are [B, L, L]. With ``cond=True`` the temperature enters as
+T / t_scale: an extra input feature (MLP), an extra constant input channel (conv encoder), or an
+extra entry of the code (decoders).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+Act = Callable[[], nn.Module]
+
+
+def t_feature(T: Optional[torch.Tensor], cfg: ModelConfig, B: int) -> torch.Tensor:
+    """[B] temperatures → [B, 1] network input T / t_scale."""
+    if T is None:
+        raise ValueError(f"family={cfg.family!r} is conditional on temperature: pass T "
+                         f"(a scalar or a [B] tensor)")
+    return (T.reshape(B, 1) / cfg.t_scale).float()
+
+
+class MLPEncoder(nn.Module):
+    """x [B, L, L] (+ T [B]) → [B, out_dim]; widths L² → hidden[0] → … → out_dim (seed 004)."""
+
+    def __init__(self, cfg: ModelConfig, out_dim: int, cond: bool, act: Act):
+        super().__init__()
+        self.cfg, self.cond = cfg, cond
+        layers, d = [], cfg.L * cfg.L + int(cond)
+        for h in cfg.hidden:
+            layers += [nn.Linear(d, h), act()]
+            d = h
+        layers.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = x.reshape(x.shape[0], -1)
+        if self.cond:
+            h = torch.cat([h, t_feature(T, self.cfg, x.shape[0])], dim=1)
+        return self.net(h)
+
+
+class MLPDecoder(nn.Module):
+    """z [B, in_dim] (+ T [B]) → logits [B, L, L]; widths mirror the encoder's."""
+
+    def __init__(self, cfg: ModelConfig, in_dim: int, cond: bool, act: Act):
+        super().__init__()
+        self.cfg, self.cond = cfg, cond
+        layers, d = [], in_dim + int(cond)
+        for h in reversed(cfg.hidden):
+            layers += [nn.Linear(d, h), act()]
+            d = h
+        layers.append(nn.Linear(d, cfg.L * cfg.L))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.cond:
+            z = torch.cat([z, t_feature(T, self.cfg, z.shape[0])], dim=1)
+        return self.net(z).reshape(z.shape[0], self.cfg.L, self.cfg.L)
+
+
+def _kernel(i: int) -> int:
+    """Seed 001: the first conv is 5x5, later ones 3x3 (all stride 2)."""
+    return 5 if i == 0 else 3
+
+
+class ConvEncoder(nn.Module):
+    """x [B, L, L] (+ T) → [B, out_dim]: stride-2 convs channels[0], channels[1], … then dense.
+
+    Each conv halves the lattice, so the dense layer sees channels[-1] × (L / 2**n)².
+    """
+
+    def __init__(self, cfg: ModelConfig, out_dim: int, cond: bool, act: Act):
+        super().__init__()
+        self.cfg, self.cond = cfg, cond
+        mode = "circular" if cfg.periodic_padding else "zeros"
+        layers, c_in = [], 1 + int(cond)
+        for i, c in enumerate(cfg.channels):
+            k = _kernel(i)
+            layers += [nn.Conv2d(c_in, c, k, stride=2, padding=k // 2, padding_mode=mode), act()]
+            c_in = c
+        side = cfg.L // 2 ** len(cfg.channels)
+        self.convs = nn.Sequential(*layers)
+        self.dense = nn.Linear(c_in * side * side, out_dim)
+
+    def forward(self, x: torch.Tensor, T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = x.unsqueeze(1)                                        # [B, 1, L, L]
+        if self.cond:
+            t = t_feature(T, self.cfg, x.shape[0])[:, :, None, None].expand_as(h)
+            h = torch.cat([h, t], dim=1)                          # [B, 2, L, L]
+        return self.dense(self.convs(h).flatten(1))
+
+
+class PeriodicConvTranspose2d(nn.Module):
+    """Stride-s transposed conv on a torus: [B, C, n, n] → [B, C', n·s, n·s].
+
+    The exact adjoint of a circular-padded stride-s conv with padding k//2: run the transposed
+    conv without padding, then fold the overhanging border back around the torus (sum positions
+    equal modulo n·s). Translating the input by one site translates the output by s sites.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int = 2):
+        super().__init__()
+        self.k, self.stride = k, stride
+        self.conv = nn.ConvTranspose2d(c_in, c_out, k, stride=stride, bias=False)
+        self.bias = nn.Parameter(torch.zeros(c_out))  # added once per site, after folding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N = x.shape[-1] * self.stride
+        y = self.conv(x)                                          # side (n-1)·s + k
+        reps = -(-y.shape[-1] // N)
+        extra = reps * N - y.shape[-1]
+        y = F.pad(y, (0, extra, 0, extra))
+        p = self.k // 2                                           # full index q ↦ site (q-p) mod N
+        y = torch.roll(y, shifts=(-p, -p), dims=(2, 3))
+        B, C = y.shape[:2]
+        y = y.reshape(B, C, reps, N, reps, N).sum(dim=(2, 4))
+        return y + self.bias[:, None, None]
+
+
+class ConvDecoder(nn.Module):
+    """z [B, in_dim] (+ T) → logits [B, L, L]: dense, then transposed convs mirroring the
+    ConvEncoder."""
+
+    def __init__(self, cfg: ModelConfig, in_dim: int, cond: bool, act: Act):
+        super().__init__()
+        self.cfg, self.cond = cfg, cond
+        n = len(cfg.channels)
+        self.side, self.c0 = cfg.L // 2 ** n, cfg.channels[-1]
+        self.dense = nn.Sequential(nn.Linear(in_dim + int(cond), self.c0 * self.side ** 2), act())
+        layers = []
+        for i in reversed(range(n)):                  # channels[i] → channels[i-1] (or 1)
+            c_in, c_out, k = cfg.channels[i], (cfg.channels[i - 1] if i else 1), _kernel(i)
+            if cfg.periodic_padding:
+                layers.append(PeriodicConvTranspose2d(c_in, c_out, k))
+            else:
+                layers.append(nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=k // 2,
+                                                 output_padding=1))
+            if i:
+                layers.append(act())
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.cond:
+            z = torch.cat([z, t_feature(T, self.cfg, z.shape[0])], dim=1)
+        h = self.dense(z).reshape(z.shape[0], self.c0, self.side, self.side)
+        return self.deconvs(h).squeeze(1)
+
+
+def make_encoder(cfg: ModelConfig, out_dim: int, cond: bool, act: Act = nn.ReLU) -> nn.Module:
+    """Lattice → vector body chosen by cfg.arch."""
+    return (MLPEncoder if cfg.arch == "mlp" else ConvEncoder)(cfg, out_dim, cond, act)
+
+
+def make_decoder(cfg: ModelConfig, in_dim: int, cond: bool, act: Act = nn.ReLU) -> nn.Module:
+    """Vector → logits body chosen by cfg.arch."""
+    return (MLPDecoder if cfg.arch == "mlp" else ConvDecoder)(cfg, in_dim, cond, act)

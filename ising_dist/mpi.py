@@ -1,0 +1,83 @@
+"""The only module that imports mpi4py. Without mpiexec (or without mpi4py) it falls back to a
+serial communicator of size 1, so every code path also runs in a plain Python process.
+
+Only the few collective operations the package needs are exposed, on Python objects.
+"""
+
+import os
+import sys
+
+_SERIAL_HINT = "not launched by mpiexec/srun"
+
+
+def _launched_by_mpi():
+    env = os.environ
+    return any(k in env for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
+                                  "MPI_LOCALNRANKS", "HYDI_CONTROL_FD"))
+
+
+class SerialComm:
+    """Size-1 stand-in with the same methods as :class:`MPIComm`."""
+    rank = 0
+    size = 1
+    mpi = None
+
+    def bcast(self, obj, root=0):
+        return obj
+
+    def gather(self, obj, root=0):
+        return [obj]
+
+    def allgather(self, obj):
+        return [obj]
+
+    def allreduce_max(self, value):
+        return value
+
+    def barrier(self):
+        pass
+
+    def abort(self, code=1):
+        sys.exit(code)
+
+
+class MPIComm:
+    """COMM_WORLD of mpi4py with the methods of :class:`SerialComm`."""
+
+    def __init__(self, MPI):
+        self.mpi = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+
+    def bcast(self, obj, root=0):
+        return self.comm.bcast(obj, root=root)
+
+    def gather(self, obj, root=0):
+        return self.comm.gather(obj, root=root)
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
+    def allreduce_max(self, value):
+        return self.comm.allreduce(value, op=self.mpi.MAX)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def abort(self, code=1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+def world():
+    """The world communicator: MPI when launched under mpiexec/srun, else serial."""
+    if not _launched_by_mpi():
+        return SerialComm()
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:  # launched by mpiexec but mpi4py is missing
+        raise RuntimeError(f"launched under MPI but mpi4py cannot be imported ({exc}); "
+                           "install it with `pip install mpi4py mpich`") from exc
+    return MPIComm(MPI)

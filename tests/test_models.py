@@ -1,0 +1,315 @@
+"""Generative models: shapes, loss bookkeeping, real (tiny) training, files, configs, DDP."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ising_dist.models import (ModelConfig, build_model, evaluate_epoch, load_model, save_model,
+                               train_epoch)
+from ising_dist.models.nets import PeriodicConvTranspose2d
+
+FAMILIES = ["ae", "vae", "cvae", "dcgan", "wgan-gp"]
+LIKELIHOOD = ["ae", "vae", "cvae"]
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(family="vae", arch="mlp", L=8, **kw) -> ModelConfig:
+    return ModelConfig(family=family, arch=arch, L=L, hidden=kw.pop("hidden", [32, 16]),
+                       channels=kw.pop("channels", [8, 4]), **kw)
+
+
+def two_mode(n, L, flip, g):
+    """{0,1} lattices [n, L, L]: all up or all down (equal odds), each site flipped w.p. flip."""
+    up = torch.randint(0, 2, (n, 1, 1), generator=g).float()
+    return (up + (torch.rand(n, L, L, generator=g) < flip).float()) % 2
+
+
+def batches(x, T, size, g):
+    idx = torch.randperm(len(x), generator=g)
+    return [(x[idx[i:i + size]], T[idx[i:i + size]]) for i in range(0, len(x), size)]
+
+
+def abs_m(spins):
+    return spins.float().mean((1, 2)).abs()
+
+
+def assert_spins(s, n, L):
+    assert s.dtype == torch.int8 and s.shape == (n, L, L)
+    assert set(s.unique().tolist()) <= {-1, 1}
+
+
+# ---------------------------------------------------------------------- building and shapes
+@pytest.mark.parametrize("L", [8, 16])
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_builds_with_documented_shapes(family, arch, L):
+    model = build_model(tiny(family, arch, L, latent_dim=3, noise_dim=5))
+    x, T = torch.randint(0, 2, (4, L, L)).float(), torch.full((4,), 2.0)
+    if model.kind == "likelihood":
+        mu, logvar = model.encode(x, T)
+        assert mu.shape == (4, 3)
+        assert logvar is None if family == "ae" else logvar.shape == (4, 3)
+        z = torch.randn(4, 3)
+    else:
+        assert model.kind == "adversarial"
+        with pytest.raises(NotImplementedError, match="no encoder"):
+            model.encode(x, T)
+        z = torch.randn(4, 5)
+    assert model.decode(z, T).shape == (4, L, L)
+    for mode in ("bernoulli", "sign"):
+        assert_spins(model.sample(6, T=2.0, mode=mode), 6, L)
+    assert_spins(model.sample(3, T=torch.tensor([1.0, 2.0, 3.0])), 3, L)
+    assert len(model.configure_optimizers(1e-3)) == (1 if model.kind == "likelihood" else 2)
+
+
+def test_sign_mode_is_deterministic_and_bernoulli_follows_generator():
+    model = build_model(tiny("vae"))
+    z_gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    a = model.sample(20, mode="sign", generator=z_gen())
+    b = model.sample(20, mode="sign", generator=z_gen())
+    assert torch.equal(a, b)
+    assert torch.equal(model.sample(20, generator=z_gen()), model.sample(20, generator=z_gen()))
+
+
+def test_sampling_errors_name_the_problem():
+    with pytest.raises(ValueError, match="pass T"):
+        build_model(tiny("cvae")).sample(4)
+    with pytest.raises(ValueError, match="pass T"):
+        build_model(tiny("wgan-gp")).sample(4)
+    with pytest.raises(ValueError, match=r"shape \[4\]"):
+        build_model(tiny("cvae")).sample(4, T=torch.ones(3))
+    with pytest.raises(ValueError, match="mode='coin'"):
+        build_model(tiny("vae")).sample(4, mode="coin")
+    with pytest.raises(ValueError, match="fit_prior"):
+        build_model(tiny("vae")).sample(4, prior="fitted")
+
+
+# ---------------------------------------------------------------------- losses
+@pytest.mark.parametrize("kl_weight", [0.0, 1.0, 100.0])
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("family", LIKELIHOOD)
+def test_losses_are_finite_and_total_is_the_weighted_sum(family, arch, kl_weight):
+    cfg = ModelConfig.from_dict(dict(tiny(family, arch).to_dict(), kl_weight=kl_weight,
+                                     mag_weight=3.0, binarize_weight=7.0))
+    model = build_model(cfg)
+    x, T = torch.randint(0, 2, (8, 8, 8)).float(), torch.linspace(1.0, 4.0, 8)
+    terms = model(x, T)
+    assert set(terms) == {"recon", "kl", "mag", "binarize", "total"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
+    expected = (terms["recon"] + kl_weight * terms["kl"] + 3.0 * terms["mag"]
+                + 7.0 * terms["binarize"])
+    assert torch.allclose(terms["total"], expected)
+    assert terms["recon"] > 0 and 0 <= terms["binarize"] <= 0.25
+    if family == "ae":
+        assert terms["kl"] == 0
+    else:
+        assert terms["kl"] >= 0
+
+
+def test_recon_is_bce_summed_over_sites():
+    model = build_model(tiny("ae"))
+    x = torch.randint(0, 2, (5, 8, 8)).float()
+    code, _ = model.encode(x)
+    p = torch.sigmoid(model.decode(code))
+    bce = -(x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2)).mean()
+    assert torch.allclose(model.losses(x, None)["recon"], bce, rtol=1e-5)
+
+
+def test_gans_train_a_few_steps_with_finite_losses():
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([two_mode(32, 8, 0.05, g), two_mode(32, 8, 0.5, g)])
+    T = torch.cat([torch.full((32,), 1.5), torch.full((32,), 4.0)])
+    for family in ("dcgan", "wgan-gp"):
+        for arch in ("mlp", "conv"):
+            model = build_model(tiny(family, arch, n_critic=2))
+            opts = model.configure_optimizers(1e-3)
+            gen_before = [p.clone() for p in model.generator.parameters()]
+            for _ in range(2):
+                out = train_epoch(model, batches(x, T, 16, g), opts, "cpu")
+            assert all(math.isfinite(v) for v in out.values())
+            assert "gen_total" in out and "critic_total" in out
+            if family == "wgan-gp":
+                assert out["critic_gp"] >= 0
+            assert any(not torch.equal(a, b)
+                       for a, b in zip(gen_before, model.generator.parameters()))
+            ev = evaluate_epoch(model, batches(x, T, 16, g), "cpu")
+            assert set(ev) == set(out) and all(math.isfinite(v) for v in ev.values())
+            assert_spins(model.sample(5, T=1.5), 5, 8)
+
+
+# ---------------------------------------------------------------------- learning
+def test_vae_learns_two_ordered_modes():
+    g = torch.Generator().manual_seed(1)
+    L = 8
+    x_tr, x_va = two_mode(512, L, 0.05, g), two_mode(256, L, 0.05, g)
+    T_tr, T_va = torch.full((512,), 1.5), torch.full((256,), 1.5)
+    model = build_model(tiny("vae", hidden=[64, 32], latent_dim=2))
+    opts = model.configure_optimizers(3e-3)
+    before = evaluate_epoch(model, batches(x_va, T_va, 128, g), "cpu")
+    for _ in range(40):                                           # 320 steps
+        train_epoch(model, batches(x_tr, T_tr, 64, g), opts, "cpu")
+    after = evaluate_epoch(model, batches(x_va, T_va, 128, g), "cpu")
+    entropy = L * L * -(0.05 * math.log(0.05) + 0.95 * math.log(0.95))  # best possible recon
+    assert before["recon"] > 40 and after["recon"] < 1.3 * entropy
+    m = abs_m(model.sample(500, generator=torch.Generator().manual_seed(2)))
+    assert m.median() >= 0.8 and m.mean() > 0.65
+    m_sign = abs_m(model.sample(500, mode="sign", generator=torch.Generator().manual_seed(2)))
+    assert m_sign.mean() > 0.9
+
+
+def test_cvae_orders_at_low_T_and_disorders_at_high_T():
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([two_mode(256, 8, 0.05, g), two_mode(256, 8, 0.5, g)])
+    T = torch.cat([torch.full((256,), 1.5), torch.full((256,), 4.0)])
+    model = build_model(tiny("cvae", hidden=[64, 32], latent_dim=2))
+    opts = model.configure_optimizers(3e-3)
+    for _ in range(40):
+        train_epoch(model, batches(x, T, 64, g), opts, "cpu")
+    gen = torch.Generator().manual_seed(2)
+    low, high = abs_m(model.sample(400, T=1.5, generator=gen)), abs_m(model.sample(400, T=4.0,
+                                                                               generator=gen))
+    assert low.mean() > 0.55 and high.mean() < 0.35 and low.mean() > high.mean() + 0.3
+
+    # seed 001's fitted prior: per-T Gaussians of the codes, nearest fitted T is used
+    with torch.no_grad():
+        mu, _ = model.encode(x, T)
+    model.fit_prior(mu, T)
+    assert model.prior_T.tolist() == [1.5, 4.0] and model.prior_mean.shape == (2, 2)
+    assert torch.allclose(model.prior_var[0], mu[:256].var(0, unbiased=False))
+    low_fit = abs_m(model.sample(400, T=1.3, prior="fitted", generator=gen))
+    assert low_fit.mean() > 0.55
+
+
+def test_evaluate_epoch_changes_nothing():
+    model = build_model(tiny("vae")).train()
+    data = [(torch.randint(0, 2, (8, 8, 8)).float(), torch.ones(8))]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = evaluate_epoch(model, data, "cpu")
+    assert set(out) == {"recon", "kl", "mag", "binarize", "total"} and model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+# ---------------------------------------------------------------------- periodic convs
+def test_periodic_transposed_conv_is_adjoint_of_circular_conv_and_equivariant():
+    for k in (3, 5):
+        conv = torch.nn.Conv2d(3, 2, k, stride=2, padding=k // 2, padding_mode="circular",
+                               bias=False)
+        up = PeriodicConvTranspose2d(2, 3, k)
+        up.conv.weight.data.copy_(conv.weight.data)
+        x, y = torch.randn(2, 3, 8, 8), torch.randn(2, 2, 4, 4)
+        with torch.no_grad():
+            assert torch.allclose((conv(x) * y).sum(), (x * up(y)).sum(), atol=1e-4)
+            shifted = up(torch.roll(y, (1, 1), dims=(2, 3)))
+            assert torch.allclose(shifted, torch.roll(up(y), (2, 2), dims=(2, 3)), atol=1e-5)
+
+
+# ---------------------------------------------------------------------- files
+def test_save_load_roundtrip_is_exact(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x, T = two_mode(64, 8, 0.1, g), torch.cat([torch.full((32,), 1.5), torch.full((32,), 3.0)])
+    for family, arch in (("cvae", "conv"), ("ae", "mlp"), ("wgan-gp", "conv")):
+        model = build_model(tiny(family, arch))
+        train_epoch(model, batches(x, T, 16, g), model.configure_optimizers(1e-3), "cpu")
+        if model.kind == "likelihood":
+            with torch.no_grad():
+                model.fit_prior(model.encode(x, T)[0], T)
+        path = tmp_path / f"{family}.pt"
+        save_model(path, model, {"epoch": 3, "metrics": {"recon": 1.5}, "tags": ["a", None]})
+        raw = torch.load(path, weights_only=True, map_location="cpu")
+        assert raw["format"] == "ising_dist.model" and raw["version"] == 1
+        loaded, extra = load_model(path)
+        assert extra == {"epoch": 3, "metrics": {"recon": 1.5}, "tags": ["a", None]}
+        assert loaded.cfg == model.cfg and type(loaded) is type(model)
+        d = model.cfg.latent_dim if model.kind == "likelihood" else model.cfg.noise_dim
+        z = torch.randn(6, d)
+        with torch.no_grad():
+            assert torch.equal(model.decode(z, T[:6]), loaded.decode(z, T[:6]))
+        prior = "fitted" if model.kind == "likelihood" else None
+        s1 = model.sample(10, T=1.6, prior=prior, generator=torch.Generator().manual_seed(3))
+        s2 = loaded.sample(10, T=1.6, prior=prior, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(s1, s2)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_foreign_files_and_bad_extra_raise_value_error(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="not an ising_dist model file"):
+        load_model(text)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="expected format='ising_dist.model'"):
+        load_model(other)
+    newer = tmp_path / "newer.pt"
+    torch.save({"format": "ising_dist.model", "version": 2}, newer)
+    with pytest.raises(ValueError, match="version 2"):
+        load_model(newer)
+    with pytest.raises(ValueError, match="extra"):
+        save_model(tmp_path / "m.pt", build_model(tiny()), {"x": torch.zeros(2)})
+    assert not (tmp_path / "m.pt").exists()
+
+
+# ---------------------------------------------------------------------- configs
+@pytest.mark.parametrize("change, message", [
+    ({"kl_weight": -1}, "kl_weight=-1"),
+    ({"mag_weight": -0.5}, "mag_weight=-0.5"),
+    ({"kl_weight": "1e-3"}, "1.0e-3"),
+    ({"klweight": 1.0}, "klweight"),
+    ({"family": "gan"}, "family='gan'"),
+    ({"arch": "resnet"}, "arch='resnet'"),
+    ({"arch": "conv", "L": 10}, "L=10"),
+    ({"hidden": []}, "hidden=[]"),
+    ({"latent_dim": 0}, "latent_dim=0"),
+    ({"L": "16"}, "L='16'"),
+    ({"sample_mode": "argmax"}, "sample_mode='argmax'"),
+    ({"family": "dcgan", "prior": "fitted"}, "prior='fitted'"),
+    ({"n_critic": 0}, "n_critic=0"),
+    ({"t_scale": 0}, "t_scale=0"),
+    ({"gp_weight": float("inf")}, "gp_weight=inf"),
+    ({"periodic_padding": "yes"}, "periodic_padding='yes'"),
+])
+def test_bad_configs_name_the_value(change, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ModelConfig.from_dict(dict(tiny().to_dict(), **change))
+
+
+def test_config_roundtrips_through_plain_dict():
+    cfg = ModelConfig.from_dict({"family": "cvae", "arch": "conv", "L": 16, "kl_weight": 0,
+                                 "channels": (16, 8)})
+    d = cfg.to_dict()
+    assert ModelConfig.from_dict(d) == cfg and d["channels"] == [16, 8]
+    assert all(isinstance(v, (str, int, float, bool, list)) for v in d.values())
+    assert build_model(d).cfg == cfg
+
+
+# ---------------------------------------------------------------------- DDP
+def test_loop_under_ddp_single_process(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        data = [(torch.randint(0, 2, (16, 8, 8)).float(), torch.rand(16) + 1.5) for _ in range(4)]
+        for family in ("vae", "wgan-gp"):
+            model = build_model(tiny(family, "conv", n_critic=2))
+            wrapped = DDP(model, find_unused_parameters=model.kind == "adversarial")
+            out = train_epoch(wrapped, data, model.configure_optimizers(1e-3), "cpu")
+            assert out and all(math.isfinite(v) for v in out.values())
+            assert evaluate_epoch(wrapped, data, "cpu").keys() == out.keys()
+            save_model(tmp_path / f"{family}.pt", wrapped, {})
+            assert load_model(tmp_path / f"{family}.pt")[0].cfg == model.cfg
+        gan = build_model(tiny("dcgan"))
+        with pytest.raises(ValueError, match="find_unused_parameters=True"):
+            train_epoch(DDP(gan), data, gan.configure_optimizers(1e-3), "cpu")
+    finally:
+        dist.destroy_process_group()
