@@ -1,0 +1,413 @@
+"""Parallel tempering of the 2D Ising model over MPI ranks, streaming into one HDF5 file.
+
+    mpiexec -n P python -m ising_dist.pt --config configs/pt/default.yaml [--L 64 ...]
+
+R replicas are split over P ≤ R ranks (contiguous blocks, uneven allowed). Temperature
+labels, not lattices, are exchanged. Every replica owns its random streams (derived from
+(seed, replica id)), and exchange decisions use a stream of their own that every rank
+evaluates identically, so the output does not depend on P.
+
+The run loop (:meth:`ParallelTempering.run`) advances all local replicas to the next event
+sweep s, then at s, in this order:
+  1. sync        all ranks share every replica's energy and any stop request (SIGTERM/INT)
+  2. calibrate   Wolff only: clusters per sweep for each temperature, at s = thermalize
+  3. exchange    if s % exchange_every == 0: neighbour swaps, even/odd pairs alternating
+  4. adapt       adaptive ladder, thermalization only (first 3/4), after windows of
+                 adapt_every, 2·adapt_every, 4·adapt_every, ... exchange rounds
+  5. production  at s = thermalize: freeze the ladder, reset exchange statistics
+  6. sample      production only, every sample_every sweeps: gather to the writer rank
+  7. checkpoint  every checkpoint_every sweeps, at the end, and on a stop request
+  8. progress    rank 0, rate-limited
+A checkpoint at s holds the state after all events at s, so a resumed run continues exactly.
+"""
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import config as cfgmod
+from . import kernels, observables
+from .config import ConfigError, PTConfig
+from .engine import Chains, clusters_per_sweep
+from .mpi import world
+from .store import RunWriter, StoreError, open_read, stored_config
+
+RESUME_MAY_CHANGE = ("out", "progress", "sweeps", "checkpoint_every")
+
+
+def exchange_key(seed):
+    return np.random.SeedSequence(entropy=int(seed), spawn_key=(7,)).generate_state(1, np.uint64)[0]
+
+
+def is_adapt_round(n, a):
+    """Adaptations happen at exchange rounds a·(2^k − 1), k ≥ 1: windows that double, so
+    later adjustments rest on more attempts and the ladder settles instead of jittering."""
+    q, r = divmod(n, a)
+    return n > 0 and r == 0 and (q + 1) & q == 0
+
+
+def next_multiple(s, period, offset=0):
+    """Smallest x > s with (x - offset) % period == 0."""
+    return offset + ((s - offset) // period + 1) * period
+
+
+class ParallelTempering:
+    """State shared by all ranks (identical everywhere) plus this rank's replicas."""
+
+    def __init__(self, cfg, comm, ckpt=None, writer=None):
+        self.cfg, self.comm, self.writer = cfg, comm, writer
+        R, L = cfg.replicas, cfg.L
+        self.R, self.L, self.N = R, L, L * L
+        self.total = cfg.thermalize + cfg.sweeps
+        self.adapt_until = (3 * cfg.thermalize) // 4 if cfg.ladder == "adaptive" else 0
+        self.xkey = exchange_key(cfg.seed)
+        ids = np.array_split(np.arange(R), comm.size)[comm.rank]
+        if ckpt is None:
+            self.chains = Chains.create(L, cfg.seed, ids, start=cfg.start)
+            self.temps = cfg.ladder_temperatures()
+            self.slot_of = np.arange(R, dtype=np.int64)
+            self.direction = np.zeros(R, np.int8)
+            self.round_trips = np.zeros(R, np.int64)
+            self.attempted, self.accepted = np.zeros(R - 1, np.int64), np.zeros(R - 1, np.int64)
+            self.win_att, self.win_acc = np.zeros(R - 1, np.int64), np.zeros(R - 1, np.int64)
+            self.n_wolff = np.full(R, cfg.n_wolff, np.int64)
+            self.sweep = 0
+            if cfg.algorithm == "wolff":
+                self._calibrate_wolff()
+        else:
+            self.chains = Chains.from_state(cfg.seed, ids, ckpt["spins"][ids],
+                                            ckpt["counters"][ids])
+            self.temps = ckpt["temperatures"].copy()
+            self.slot_of = ckpt["slot_of"].copy()
+            self.direction = ckpt["direction"].copy()
+            self.round_trips = ckpt["round_trips"].copy()
+            self.attempted, self.accepted = ckpt["attempted"][:R - 1], ckpt["accepted"][:R - 1]
+            self.win_att = ckpt["window_attempted"][:R - 1]
+            self.win_acc = ckpt["window_accepted"][:R - 1]
+            self.n_wolff = ckpt["n_wolff"].copy()
+            self.sweep = int(ckpt["position"][0])
+        self.energy = np.zeros(R, np.int64)
+        self.stop_requested = False
+        self.stopped = False
+        self.progress = None
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self):
+        cfg = self.cfg
+        self._start_progress()
+        while self.sweep < self.total and not self.stopped:
+            s = self._next_event()
+            slots = self.slot_of[self.chains.replica_ids]
+            self.chains.advance(1.0 / self.temps[slots], s - self.sweep, self.sweep,
+                                cfg.algorithm, cfg.n_metropolis, self.n_wolff[slots])
+            self.sweep = s
+            stop = self._sync()
+            if cfg.algorithm == "wolff" and s == cfg.thermalize:
+                self._calibrate_wolff()
+            if s % cfg.exchange_every == 0:
+                self._exchange(s // cfg.exchange_every)
+            if s <= self.adapt_until and s % cfg.exchange_every == 0 \
+                    and is_adapt_round(s // cfg.exchange_every, cfg.adapt_every):
+                self._adapt()
+            if s == cfg.thermalize:
+                self._start_production()
+            if s > cfg.thermalize and (s - cfg.thermalize) % cfg.sample_every == 0:
+                self._sample()
+            if s % cfg.checkpoint_every == 0 or s == self.total or stop:
+                self._checkpoint()
+            self.stopped = stop
+            self._update_progress()
+        if self.progress is not None:
+            self.progress.close()
+
+    def _next_event(self):
+        cfg, s = self.cfg, self.sweep
+        candidates = [self.total, next_multiple(s, cfg.exchange_every),
+                      next_multiple(s, cfg.checkpoint_every)]
+        if s < cfg.thermalize:
+            candidates.append(cfg.thermalize)
+        else:
+            candidates.append(next_multiple(s, cfg.sample_every, cfg.thermalize))
+        return min(candidates)
+
+    def _sync(self):
+        """Share energies of all replicas and whether any rank was asked to stop."""
+        parts = self.comm.allgather((self.chains.replica_ids, self.chains.energy,
+                                     self.stop_requested))
+        for ids, e, _ in parts:
+            self.energy[ids] = e
+        return any(p[2] for p in parts)
+
+    # -- events ---------------------------------------------------------------------------
+    def _exchange(self, round_index):
+        R = self.R
+        replica_at = np.argsort(self.slot_of)
+        beta = 1.0 / self.temps
+        base = np.uint64(round_index) * np.uint64(R)
+        for k in range(round_index % 2, R - 1, 2):
+            a, b = replica_at[k], replica_at[k + 1]
+            delta = (beta[k] - beta[k + 1]) * float(self.energy[a] - self.energy[b])
+            u = float(kernels.rand64(self.xkey, base + np.uint64(k)) >> np.uint64(11)) * 2.0**-53
+            self.attempted[k] += 1
+            self.win_att[k] += 1
+            if delta >= 0 or u < math.exp(delta):
+                self.accepted[k] += 1
+                self.win_acc[k] += 1
+                self.slot_of[a], self.slot_of[b] = k + 1, k
+        replica_at = np.argsort(self.slot_of)
+        bottom, top = replica_at[0], replica_at[-1]
+        if self.direction[bottom] == -1:
+            self.round_trips[bottom] += 1
+        self.direction[bottom] = 1
+        if self.direction[top] == 1:
+            self.direction[top] = -1
+
+    def _adapt(self):
+        """Move the inner temperatures so neighbour acceptance becomes equal (feedback on
+        the acceptance measured since the last adaptation); the end points stay fixed."""
+        if self.win_att.sum() == 0:
+            return
+        acc = np.clip((self.win_acc + 0.5) / (self.win_att + 1.0), 0.01, 0.99)
+        beta = 1.0 / self.temps
+        gaps = beta[:-1] - beta[1:]
+        # for near-Gaussian energy distributions A ≈ exp(-c·Δβ²): equal acceptance after the
+        # move needs Δβ ∝ Δβ / sqrt(-ln A)
+        gaps = gaps / np.sqrt(-np.log(acc))
+        gaps *= (beta[0] - beta[-1]) / gaps.sum()
+        beta = beta[0] - np.concatenate([[0.0], np.cumsum(gaps)])
+        beta[-1] = 1.0 / self.temps[-1]
+        self.temps = 1.0 / beta
+        self.win_att[:] = 0
+        self.win_acc[:] = 0
+
+    def _calibrate_wolff(self):
+        slots = self.slot_of[self.chains.replica_ids]
+        size = self.chains.mean_cluster_size(1.0 / self.temps[slots], n_clusters=50)
+        mean = np.zeros(self.R)
+        for ids, sz in self.comm.allgather((self.chains.replica_ids, size)):
+            mean[self.slot_of[ids]] = sz
+        self.n_wolff = clusters_per_sweep(mean, self.N)
+
+    def _start_production(self):
+        self.attempted[:] = 0
+        self.accepted[:] = 0
+        if self.writer is not None and self.cfg.ladder == "adaptive":
+            self.writer.set_temperatures(self.temps)
+
+    def _gather_lattices(self):
+        parts = self.comm.gather((self.chains.replica_ids, self.chains.spins.copy(),
+                                  self.chains.counters.copy(), self.chains.magnet.copy()))
+        if parts is None or self.writer is None:
+            return None
+        spins = np.empty((self.R, self.L, self.L), np.int8)
+        counters = np.empty(self.R, np.uint64)
+        magnet = np.empty(self.R, np.int64)
+        for ids, sp, co, mg in parts:
+            spins[ids], counters[ids], magnet[ids] = sp, co, mg
+        return spins, counters, magnet
+
+    def _sample(self):
+        got = self._gather_lattices()
+        if got is None:
+            return
+        spins, _, magnet = got
+        at = np.argsort(self.slot_of)
+        self.writer.append(self.sweep, spins[at], self.energy[at] / self.N,
+                           magnet[at] / self.N, at.astype(np.int32))
+
+    def state(self, spins, counters):
+        return dict(spins=spins, counters=counters, slot_of=self.slot_of,
+                    temperatures=self.temps, n_wolff=self.n_wolff, direction=self.direction,
+                    round_trips=self.round_trips, attempted=self.attempted,
+                    accepted=self.accepted, window_attempted=self.win_att,
+                    window_accepted=self.win_acc, position=np.array([self.sweep, 0]))
+
+    def _checkpoint(self):
+        got = self._gather_lattices()
+        if got is not None:
+            self.writer.checkpoint(self.state(got[0], got[1]))
+
+    # -- progress -------------------------------------------------------------------------
+    def _start_progress(self):
+        if self.comm.rank != 0 or not self.cfg.progress:
+            return
+        from tqdm import tqdm
+        self.progress = tqdm(total=self.total, initial=self.sweep, unit="sweep",
+                             desc=f"PT L={self.L} R={self.R} P={self.comm.size}",
+                             mininterval=0.5 if sys.stderr.isatty() else 10.0,
+                             dynamic_ncols=True, file=sys.stderr)
+        self._shown = self.sweep
+
+    def _update_progress(self):
+        if self.progress is None:
+            return
+        att = np.maximum(self.attempted, 1)
+        acc = self.accepted / att
+        phase = "thermalize" if self.sweep <= self.cfg.thermalize else "sample"
+        self.progress.set_postfix_str(f"{phase} exch.acc {acc.min():.2f}-{acc.max():.2f}",
+                                      refresh=False)
+        self.progress.update(self.sweep - self._shown)
+        self._shown = self.sweep
+
+
+def summary_table(path):
+    """Per-temperature summary of a run file: ⟨e⟩, ⟨|m|⟩, C, χ with errors, τ_int(e) and
+    exchange acceptance of the pair (T_k, T_k+1). Returns the table as text."""
+    with open_read(path) as f:
+        T = f["temperatures"][:]
+        e, m = f["energy"][:], f["magnetization"][:]
+        att, acc = f["exchange/attempted"][:], f["exchange/accepted"][:]
+        L = int(f.attrs["L"])
+    lines = [f"{'T':>7} {'<e>':>18} {'<|m|>':>18} {'C':>16} {'chi':>16} {'tau_e':>7} {'acc':>5}"]
+    for k, t in enumerate(T):
+        if e.shape[1] < 8:
+            break
+        with warnings.catch_warnings():  # short runs: the table is a summary, not a result
+            warnings.simplefilter("ignore", RuntimeWarning)
+            r = observables.thermo(e[k], m[k], t, L)
+        a = acc[k] / att[k] if k < len(T) - 1 and att[k] else float("nan")
+        fmt = lambda v: f"{v[0]:.5f}±{v[1]:.5f}"
+        lines.append(f"{t:7.4f} {fmt(r['e']):>18} {fmt(r['abs_m']):>18} "
+                     f"{r['C'][0]:8.3f}±{r['C'][1]:.3f} {r['chi'][0]:8.3f}±{r['chi'][1]:.3f} "
+                     f"{r['tau_e']:7.1f} {a:5.2f}")
+    return "\n".join(lines)
+
+
+# -- command line ---------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m ising_dist.pt", description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="YAML preset (configs/pt/*.yaml); flags override it")
+    p.add_argument("--L", type=int)
+    p.add_argument("--tmin", type=float)
+    p.add_argument("--tmax", type=float)
+    p.add_argument("--replicas", type=int, help="R, number of temperatures")
+    p.add_argument("--ladder", choices=cfgmod.LADDERS)
+    p.add_argument("--temperatures", help="explicit ladder T1,T2,... (ascending)")
+    p.add_argument("--thermalize", type=int, help="sweeps before sampling")
+    p.add_argument("--sweeps", type=int, help="sweeps after thermalization")
+    p.add_argument("--sample-every", type=int, dest="sample_every")
+    p.add_argument("--exchange-every", type=int, dest="exchange_every")
+    p.add_argument("--algorithm", choices=("metropolis", "wolff", "hybrid"))
+    p.add_argument("--n-metropolis", type=int, dest="n_metropolis",
+                   help="hybrid: Metropolis sweeps per step")
+    p.add_argument("--n-wolff", type=int, dest="n_wolff", help="hybrid: Wolff clusters per step")
+    p.add_argument("--adapt-every", type=int, dest="adapt_every",
+                   help="adaptive ladder: exchange rounds between adjustments")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="HDF5 output path")
+    p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
+    p.add_argument("--writer", choices=cfgmod.WRITERS)
+    p.add_argument("--start", choices=("hot", "cold"))
+    p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p.parse_args(argv)
+
+
+def resolve_config(args):
+    """The run's PTConfig and, when resuming, the opened writer and checkpoint (rank 0)."""
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("config", "resume", "overwrite") and v is not None}
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pick one")
+    if not args.resume:
+        return cfgmod.load(PTConfig, args.config, overrides), None, None
+    out = overrides.get("out")
+    if out is None:
+        out = cfgmod.load(PTConfig, args.config, {}).out
+    with open_read(out) as f:
+        stored = stored_config(f)
+    requested = cfgmod.read_yaml(args.config) if args.config else dict(stored)
+    requested.update(overrides)
+    mismatch = [f"{k}: file has {stored.get(k)!r}, asked {v!r}" for k, v in requested.items()
+                if k not in RESUME_MAY_CHANGE and k in stored and stored[k] != v
+                and not (k == "replicas" and v is None)]
+    if mismatch:
+        raise ConfigError(f"--resume of {out!r} with a different run setup ("
+                          + "; ".join(mismatch) + "); resume with the same settings or start a "
+                          "new file")
+    data = dict(stored)
+    data.update({k: v for k, v in requested.items() if k in RESUME_MAY_CHANGE})
+    data["out"] = out
+    cfg = cfgmod.from_dict(PTConfig, data, source=out)
+    writer, ckpt = RunWriter.reopen(out)
+    if cfg.sweeps < int(ckpt["position"][0]) - cfg.thermalize:
+        writer.close()
+        raise ConfigError(f"--sweeps {cfg.sweeps}: the file already holds "
+                          f"{int(ckpt['position'][0]) - cfg.thermalize} production sweeps")
+    writer.f.attrs["config"] = cfgmod.to_yaml(cfg)
+    return cfg, writer, ckpt
+
+
+def setup(args, comm):
+    """Validate everything on rank 0 before any work; all ranks get the config or exit."""
+    result = None
+    try:
+        if comm.rank == 0:
+            cfg, writer, ckpt = resolve_config(args)
+            if cfg.replicas < comm.size:
+                raise ConfigError(f"replicas={cfg.replicas} < {comm.size} MPI ranks: every rank "
+                                  f"needs a replica; use --replicas {comm.size} or fewer ranks")
+            if cfg.writer == "collective":
+                raise ConfigError(
+                    "writer=collective: collective parallel-HDF5 writes are not available in "
+                    "this build (h5py.get_config().mpi="
+                    f"{__import__('h5py').get_config().mpi}); use --writer gather (the default,"
+                    " live-readable through SWMR)")
+            if writer is None:
+                writer = RunWriter.create(cfg.out, cfgmod.to_yaml(cfg), cfg.L, cfg.seed,
+                                          cfg.ladder_temperatures(), overwrite=args.overwrite)
+            result = ("ok", cfgmod.to_dict(cfg), ckpt)
+    except (ConfigError, StoreError) as exc:
+        result = ("error", str(exc), None)
+    status, payload, ckpt = comm.bcast(result if comm.rank == 0 else None)
+    if status == "error":
+        raise ConfigError(payload)
+    cfg = cfgmod.from_dict(PTConfig, payload)
+    return cfg, (writer if comm.rank == 0 else None), ckpt
+
+
+def main(argv=None):
+    comm = world()
+    if comm.size > 1 and "NUMBA_NUM_THREADS" not in os.environ:
+        import numba
+        numba.set_num_threads(1)  # one core per rank unless the user splits threads on purpose
+    args = parse_args(argv)
+    try:
+        cfg, writer, ckpt = setup(args, comm)
+    except ConfigError as exc:
+        if comm.rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pt = ParallelTempering(cfg, comm, ckpt, writer)
+
+    def request_stop(signum, frame):
+        pt.stop_requested = True
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    t0 = time.perf_counter()
+    pt.run()
+    if writer is not None:
+        writer.close()
+    if comm.rank == 0:
+        elapsed = time.perf_counter() - t0
+        if pt.sweep < pt.total:
+            print(f"stopped at sweep {pt.sweep}/{pt.total} with a checkpoint; continue with:\n"
+                  f"  python -m ising_dist.pt --out {cfg.out} --resume", flush=True)
+        else:
+            print(summary_table(cfg.out))
+            trips = int(pt.round_trips.sum())
+            print(f"done: {pt.total} sweeps of {cfg.replicas} replicas (L={cfg.L}) on "
+                  f"{comm.size} rank(s) in {elapsed:.1f} s; replica round trips: {trips}")
+        print(f"output: {os.path.abspath(cfg.out)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

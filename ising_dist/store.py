@@ -1,0 +1,264 @@
+"""The HDF5 file of a parallel-tempering run (schema_version 1, see DESIGN.md).
+
+```
+/                 attrs: schema_version=1, L, seed, config (YAML), code_version, sweeps_done
+/temperatures     float64 [R]            the ladder, ascending
+/spins            int8    [R, S, L, L]   ±1; chunked along S, gzip-compressed
+/energy           float64 [R, S]         energy per spin
+/magnetization    float64 [R, S]         signed magnetization per spin
+/sweep            int64   [S]            Monte Carlo sweep at which sample s was taken
+/replica          int32   [R, S]         which replica held temperature r at sample s
+/exchange/attempted, /exchange/accepted   int64 [R-1]
+/checkpoint/current                       int64 [1]   which slot holds the latest checkpoint
+/checkpoint/slot{0,1}/...                 state to resume bit-for-bit (see CHECKPOINT_FIELDS)
+```
+Writing: one process (the writer rank) owns the file. It is created with libver v110 (so
+Debian's h5ls/h5dump 1.10 read it) and switched to SWMR, so other processes can read it
+while the run streams (open with ``h5py.File(path, "r", swmr=True)``; see :func:`open_read`).
+Samples are buffered and written a chunk at a time, and at least every ``flush_seconds``.
+
+Crash safety: a checkpoint is written into the slot that is *not* current, flushed, and
+only then is ``/checkpoint/current`` switched, so a kill at any moment leaves one complete
+checkpoint; samples beyond that checkpoint are cut off on resume. A file whose writer was
+killed still carries HDF5's "open for writing" flag: h5py opens it with ``swmr=True``;
+resuming clears the flag (``h5clear -s``, from Debian's hdf5-tools) before reopening.
+"""
+
+import fcntl
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+from . import __version__
+
+SCHEMA_VERSION = 1
+LIBVER = ("v110", "v110")
+CHECKPOINT_FIELDS = {
+    # name: (dtype, shape given R and L)
+    "spins": (np.int8, lambda R, L: (R, L, L)),         # lattice of replica id k
+    "counters": (np.uint64, lambda R, L: (R,)),         # Wolff stream position of replica k
+    "slot_of": (np.int64, lambda R, L: (R,)),           # temperature slot of replica k
+    "temperatures": (np.float64, lambda R, L: (R,)),    # ladder (adaptive ladders move)
+    "n_wolff": (np.int64, lambda R, L: (R,)),           # Wolff clusters per sweep, per slot
+    "direction": (np.int8, lambda R, L: (R,)),          # round-trip state of replica k
+    "round_trips": (np.int64, lambda R, L: (R,)),       # completed round trips of replica k
+    "attempted": (np.int64, lambda R, L: (R - 1,)),
+    "accepted": (np.int64, lambda R, L: (R - 1,)),
+    "window_attempted": (np.int64, lambda R, L: (R - 1,)),  # adaptive-ladder window
+    "window_accepted": (np.int64, lambda R, L: (R - 1,)),
+    "position": (np.int64, lambda R, L: (2,)),          # [sweep, samples written]
+}
+
+
+class StoreError(ValueError):
+    """A file that cannot be used as asked; the message says why and what to do."""
+
+
+def _chunk_samples(L):
+    """Samples per chunk: about 64 KiB of int8 spins per (temperature, chunk)."""
+    return int(max(1, min(1024, 65536 // (L * L))))
+
+
+def open_read(path):
+    """Open a run file for reading (works while it is written and after a crash)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{str(path)!r} does not exist; give the HDF5 file written by "
+                         f"`python -m ising_dist.pt`")
+    try:
+        f = h5py.File(path, "r", swmr=True)
+    except OSError as exc:
+        raise StoreError(f"{str(path)!r} is not a readable HDF5 file ({exc})") from None
+    check_ours(f, path)
+    return f
+
+
+def check_ours(f, path):
+    version = f.attrs.get("schema_version")
+    if version is None or "spins" not in f or "temperatures" not in f:
+        raise StoreError(f"{str(path)!r} is not an ising_dist parallel-tempering file "
+                         f"(no schema_version attribute / spins dataset)")
+    if int(version) != SCHEMA_VERSION:
+        raise StoreError(f"{str(path)!r} has schema_version={int(version)}, this code reads "
+                         f"{SCHEMA_VERSION}; use the ising_dist version that wrote it")
+
+
+def stored_config(f):
+    return yaml.safe_load(f.attrs["config"])
+
+
+def _clear_crash_flag(path):
+    """Clear HDF5's 'open for writing' superblock flag left by a killed writer."""
+    exe = shutil.which("h5clear")
+    if exe is None:
+        raise StoreError(f"{str(path)!r} was left open by a killed run and needs `h5clear -s` "
+                         f"before it can be resumed; install it with `apt-get install "
+                         f"hdf5-tools` (the Makefile's setup does this)")
+    subprocess.run([exe, "-s", str(path)], check=True, capture_output=True)
+
+
+def _refuse_if_locked(path):
+    """Refuse to touch a file that a live process holds open (HDF5 takes a flock)."""
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{str(path)!r} is open in another process (a run still going?); "
+                             f"stop it first or write to another --out") from None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class RunWriter:
+    """Owns the run file on the writer rank: creation, streaming samples, checkpoints."""
+
+    def __init__(self, f, flush_seconds=2.0):
+        self.f = f
+        self.R, self.L = f["spins"].shape[0], f["spins"].shape[2]
+        self.chunk = f["spins"].chunks[1]
+        self.flush_seconds = flush_seconds
+        self._buf = []
+        self._last_flush = time.monotonic()
+        self.n_samples = f["spins"].shape[1]
+
+    # -- creation and reopening -------------------------------------------------------
+    @classmethod
+    def create(cls, path, cfg_yaml, L, seed, temperatures, overwrite=False):
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise StoreError(f"--out {str(path)!r} exists; pass --resume to continue it or "
+                             f"--overwrite to replace it (its data would be lost)")
+        if path.exists():
+            _refuse_if_locked(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".creating")
+        R = len(temperatures)
+        cs = _chunk_samples(L)
+        with h5py.File(tmp, "w", libver=LIBVER) as f:
+            f.attrs.update(schema_version=SCHEMA_VERSION, L=L, seed=seed, config=cfg_yaml,
+                           code_version=__version__, sweeps_done=0)
+            f.create_dataset("temperatures", data=np.asarray(temperatures, np.float64))
+            f.create_dataset("spins", shape=(R, 0, L, L), maxshape=(R, None, L, L),
+                             dtype=np.int8, chunks=(1, cs, L, L), compression="gzip",
+                             compression_opts=1)
+            for name, dtype in (("energy", np.float64), ("magnetization", np.float64),
+                                ("replica", np.int32)):
+                f.create_dataset(name, shape=(R, 0), maxshape=(R, None), dtype=dtype,
+                                 chunks=(R, 1024))
+            f.create_dataset("sweep", shape=(0,), maxshape=(None,), dtype=np.int64,
+                             chunks=(1024,))
+            g = f.create_group("exchange")
+            for name in ("attempted", "accepted"):
+                g.create_dataset(name, data=np.zeros(R - 1, np.int64))
+            c = f.create_group("checkpoint")
+            c.create_dataset("current", data=np.array([-1], np.int64))
+            for slot in (0, 1):
+                s = c.create_group(f"slot{slot}")
+                for name, (dtype, shape) in CHECKPOINT_FIELDS.items():
+                    s.create_dataset(name, shape=shape(R, L), dtype=dtype)
+        tmp.replace(path)  # the file appears complete or not at all
+        return cls._open_swmr(path)
+
+    @classmethod
+    def _open_swmr(cls, path):
+        # a big chunk cache keeps the partially filled chunk of every temperature in memory
+        f = h5py.File(path, "r+", libver=LIBVER, rdcc_nbytes=64 * 2**20, rdcc_nslots=10007)
+        f.swmr_mode = True
+        return cls(f)
+
+    @classmethod
+    def reopen(cls, path):
+        """Open an existing run for resuming: refuse foreign/locked files, clear a crash flag,
+        cut samples back to the latest checkpoint. Returns (writer, checkpoint dict)."""
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"--resume: {str(path)!r} does not exist; drop --resume to start "
+                             f"a new run")
+        _refuse_if_locked(path)
+        try:
+            h5py.File(path, "r").close()
+        except OSError as exc:
+            if "already open for write" not in str(exc):
+                raise StoreError(f"{str(path)!r} is not a readable HDF5 file ({exc})") from None
+            _clear_crash_flag(path)
+        with h5py.File(path, "r") as f:
+            check_ours(f, path)
+        w = cls._open_swmr(path)
+        ckpt = w.read_checkpoint()
+        if ckpt is None:
+            w.close()
+            raise StoreError(f"{str(path)!r} holds no checkpoint yet (the run was stopped "
+                             f"before its first one); start again with --overwrite")
+        w.truncate(int(ckpt["position"][1]))
+        return w, ckpt
+
+    # -- streaming ----------------------------------------------------------------------
+    def append(self, sweep, spins, energy, magnet, replica):
+        """Queue one sample: spins int8 [R, L, L], energy/magnet float64 [R] per spin,
+        replica int32 [R], all ordered by temperature slot."""
+        self._buf.append((sweep, spins, energy, magnet, replica))
+        if len(self._buf) >= self.chunk or time.monotonic() - self._last_flush > self.flush_seconds:
+            self.flush()
+
+    def flush(self):
+        """Write the queued samples and make them visible to readers."""
+        if self._buf:
+            n0, k = self.n_samples, len(self._buf)
+            n1 = n0 + k
+            sweeps, spins, energy, magnet, replica = zip(*self._buf)
+            f = self.f
+            for name in ("spins", "energy", "magnetization", "replica"):
+                f[name].resize(n1, axis=1)
+            f["sweep"].resize(n1, axis=0)
+            f["spins"][:, n0:n1] = np.stack(spins, axis=1)
+            f["energy"][:, n0:n1] = np.stack(energy, axis=1)
+            f["magnetization"][:, n0:n1] = np.stack(magnet, axis=1)
+            f["replica"][:, n0:n1] = np.stack(replica, axis=1)
+            f["sweep"][n0:n1] = np.asarray(sweeps, np.int64)
+            self.n_samples = n1
+            self._buf = []
+        self.f.flush()
+        self._last_flush = time.monotonic()
+
+    def truncate(self, n):
+        for name in ("spins", "energy", "magnetization", "replica"):
+            self.f[name].resize(n, axis=1)
+        self.f["sweep"].resize(n, axis=0)
+        self.n_samples = n
+
+    def set_temperatures(self, temperatures):
+        self.f["temperatures"][:] = temperatures
+
+    # -- checkpoints --------------------------------------------------------------------
+    def checkpoint(self, state):
+        """Write ``state`` (CHECKPOINT_FIELDS) into the spare slot, then switch to it.
+        Queued samples are written first, so the checkpoint never points past the data."""
+        self.flush()
+        state = dict(state)
+        state["position"] = np.array([state["position"][0], self.n_samples], np.int64)
+        cur = int(self.f["checkpoint/current"][0])
+        spare = 0 if cur < 0 else 1 - cur
+        slot = self.f[f"checkpoint/slot{spare}"]
+        for name in CHECKPOINT_FIELDS:
+            slot[name][...] = state[name]
+        self.f["exchange/attempted"][...] = state["attempted"]
+        self.f["exchange/accepted"][...] = state["accepted"]
+        self.f.flush()  # the slot is on disk before it becomes current
+        self.f["checkpoint/current"][0] = spare
+        self.f.attrs["sweeps_done"] = int(state["position"][0])
+        self.f.flush()
+
+    def read_checkpoint(self):
+        cur = int(self.f["checkpoint/current"][0])
+        if cur < 0:
+            return None
+        slot = self.f[f"checkpoint/slot{cur}"]
+        return {name: slot[name][()] for name in CHECKPOINT_FIELDS}
+
+    def close(self):
+        self.flush()
+        self.f.close()

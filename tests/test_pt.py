@@ -1,0 +1,285 @@
+"""Parallel tempering end to end: real mpiexec, real HDF5 files, real signals."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ising_dist import exact, observables
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATASETS = ("spins", "energy", "magnetization", "sweep", "replica", "temperatures",
+            "exchange/attempted", "exchange/accepted")
+SMALL = ["--L", "8", "--replicas", "6", "--tmin", "1.8", "--tmax", "3.0", "--thermalize", "200",
+         "--sample-every", "2", "--seed", "5", "--no-progress"]
+
+
+def env(mpi=False):
+    e = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", MPIR_CVAR_CH4_PROGRESS_THROTTLE="1",
+             PYTHONPATH=str(ROOT))
+    if mpi:
+        e["NUMBA_NUM_THREADS"] = "1"
+    return e
+
+
+def pt_cmd(*args, ranks=None):
+    cmd = [sys.executable, "-m", "ising_dist.pt", *map(str, args)]
+    if ranks:
+        cmd = [str(BIN / "mpiexec"), "-n", str(ranks), *cmd]
+    return cmd
+
+
+def run_pt(*args, ranks=None, check=True):
+    res = subprocess.run(pt_cmd(*args, ranks=ranks), env=env(bool(ranks)), cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    if check:
+        assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def read_all(path):
+    with h5py.File(path, "r", swmr=True) as f:
+        return {k: f[k][()] for k in DATASETS}
+
+
+def assert_same_data(a, b):
+    for k in DATASETS:
+        assert np.array_equal(a[k], b[k]), f"{k} differs"
+
+
+def wait_for_checkpoint(path, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, "run ended before its first checkpoint"
+        if path.exists():
+            try:
+                with h5py.File(path, "r", swmr=True) as f:
+                    if f["checkpoint/current"][0] >= 0:
+                        return
+            except (OSError, KeyError):
+                pass
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.mpi
+def test_results_do_not_depend_on_rank_count(tmp_path):
+    files = []
+    for ranks in (1, 2, 4):
+        out = tmp_path / f"n{ranks}.h5"
+        run_pt(*SMALL, "--sweeps", "300", "--algorithm", "hybrid", "--n-wolff", "2",
+               "--out", out, ranks=ranks)
+        files.append(read_all(out))
+    assert files[0]["spins"].shape == (6, 150, 8, 8)
+    for other in files[1:]:
+        assert_same_data(files[0], other)
+
+
+def test_file_follows_the_contract_and_hdf5_tools_read_it(tmp_path):
+    out = tmp_path / "run.h5"
+    run_pt(*SMALL, "--sweeps", "100", "--out", out)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["schema_version"] == 1 and f.attrs["L"] == 8 and f.attrs["seed"] == 5
+        assert f.attrs["sweeps_done"] == 300 and "L: 8" in f.attrs["config"]
+        assert f["spins"].dtype == np.int8 and f["spins"].shape == (6, 50, 8, 8)
+        assert f["spins"].compression == "gzip" and f["spins"].chunks[1] > 1
+        assert set(np.unique(f["spins"][()])) == {-1, 1}
+        assert f["energy"].dtype == np.float64 and f["replica"].dtype == np.int32
+        assert f["sweep"].dtype == np.int64
+        assert np.array_equal(f["sweep"][()], 200 + 2 * np.arange(1, 51))
+        T = f["temperatures"][()]
+        assert np.all(np.diff(T) > 0) and T[0] == 1.8 and np.isclose(T[-1], 3.0)
+        # stored e and m are those of the stored lattices; replicas form a permutation
+        e, m = observables.energy_magnetization(f["spins"][()])
+        assert np.allclose(e, f["energy"][()]) and np.allclose(m, f["magnetization"][()])
+        assert all(sorted(col) == list(range(6)) for col in f["replica"][()].T)
+        assert f["exchange/attempted"].shape == (5,)
+        assert np.all(f["exchange/accepted"][()] <= f["exchange/attempted"][()])
+    ls = subprocess.run(["h5ls", "-r", str(out)], capture_output=True, text=True)
+    assert ls.returncode == 0 and "/spins" in ls.stdout and "Dataset {6, 50/Inf, 8, 8}" in ls.stdout
+    dump = subprocess.run(["h5dump", "-H", "-A", str(out)], capture_output=True, text=True)
+    assert dump.returncode == 0 and "schema_version" in dump.stdout
+
+
+@pytest.mark.mpi
+def test_kill9_then_resume_equals_uninterrupted(tmp_path):
+    args = [*SMALL, "--L", "16", "--sweeps", "30000", "--checkpoint-every", "500"]
+    ref = tmp_path / "ref.h5"
+    run_pt(*args, "--out", ref)
+    out = tmp_path / "killed.h5"
+    proc = subprocess.Popen(pt_cmd(*args, "--out", out, ranks=2), env=env(True), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_for_checkpoint(out, proc)
+    time.sleep(random.Random(0).uniform(0.0, 0.5))
+    os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks, at an arbitrary moment
+    proc.wait()
+    # the killed file opens, and its samples up to the last checkpoint are intact
+    with h5py.File(out, "r", swmr=True) as f:
+        cur = f["checkpoint/current"][0]
+        done, n = f[f"checkpoint/slot{cur}/position"][()]
+        assert 200 < done < 30200
+        assert f["spins"].shape[1] >= n
+        assert np.array_equal(f["spins"][:, :n], h5py.File(ref, "r")["spins"][:, :n])
+    # resume with a different rank count: still bit-for-bit the uninterrupted run
+    res = run_pt("--out", out, "--resume", "--no-progress", ranks=1)
+    assert "done" in res.stdout
+    assert_same_data(read_all(ref), read_all(out))
+    assert subprocess.run(["h5ls", "-r", str(out)], capture_output=True).returncode == 0
+
+
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path):
+    args = [*SMALL, "--L", "16", "--sweeps", "40000", "--checkpoint-every", "100000"]
+    out = tmp_path / "term.h5"
+    proc = subprocess.Popen(pt_cmd(*args, "--out", out), env=env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not out.exists() and time.time() - t0 < 60:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "stopped at sweep" in stdout and "--resume" in stdout
+    with h5py.File(out, "r") as f:  # closed cleanly: opens without swmr
+        cur = f["checkpoint/current"][0]
+        done = f[f"checkpoint/slot{cur}/position"][0]
+        assert 0 < done < 40200 and f.attrs["sweeps_done"] == done
+    run_pt("--out", out, "--resume")
+    ref = tmp_path / "ref.h5"
+    run_pt(*args, "--out", ref)
+    assert_same_data(read_all(ref), read_all(out))
+
+
+def test_reader_sees_samples_while_the_run_streams(tmp_path):
+    out = tmp_path / "live.h5"
+    proc = subprocess.Popen(pt_cmd(*SMALL, "--L", "32", "--sweeps", "20000", "--out", out),
+                            env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen = []
+    try:
+        t0 = time.time()
+        while not out.exists() and time.time() - t0 < 60:
+            time.sleep(0.05)
+        with h5py.File(out, "r", swmr=True) as f:
+            while proc.poll() is None and len(seen) < 200:
+                for k in ("spins", "energy", "sweep"):
+                    f[k].refresh()
+                n = min(f["spins"].shape[1], f["energy"].shape[1], f["sweep"].shape[0])
+                if n and (not seen or n > seen[-1]):
+                    e, _ = observables.energy_magnetization(f["spins"][:, n - 1])
+                    assert np.allclose(e, f["energy"][:, n - 1])  # a consistent sample
+                    seen.append(n)
+                time.sleep(0.05)
+        assert proc.wait(timeout=300) == 0
+    finally:
+        proc.kill()
+    assert len(seen) >= 3, f"the reader saw the file grow only {len(seen)} times: {seen}"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--L", "7"], "L=7"),
+    (["--L", "1"], "L=1"),
+    (["--tmin", "3", "--tmax", "2"], "tmin=3.0 >= tmax=2.0"),
+    (["--replicas", "1"], "replicas=1"),
+    (["--sweeps", "101"], "sample_every"),
+    (["--temperatures", "2.0,1.5,3.0"], "ascending"),
+    (["--config", "configs/pt/does-not-exist.yaml"], "does not exist"),
+])
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, args, message):
+    out = tmp_path / "bad.h5"
+    res = run_pt(*SMALL, "--sweeps", "100", "--out", out, *args, check=False)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_bad_config_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for text, message in [("L: 16\nsweep: 10\n", "unknown key(s) sweep"),
+                          ("L: sixteen\n", "L='sixteen': expected an integer"),
+                          ("L: [16\n", "not valid YAML")]:
+        bad.write_text(text)
+        res = run_pt("--config", bad, "--out", tmp_path / "x.h5", check=False)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+
+
+@pytest.mark.mpi
+def test_more_ranks_than_replicas_is_refused(tmp_path):
+    res = run_pt(*SMALL, "--replicas", "2", "--sweeps", "100", "--out", tmp_path / "x.h5",
+                 ranks=4, check=False)
+    assert res.returncode == 2 and "replicas=2 < 4 MPI ranks" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_existing_output_is_never_clobbered_and_resume_is_checked(tmp_path):
+    out = tmp_path / "run.h5"
+    run_pt(*SMALL, "--sweeps", "100", "--out", out)
+    before = read_all(out)
+    res = run_pt(*SMALL, "--sweeps", "100", "--out", out, check=False)
+    assert res.returncode == 2 and "--resume" in res.stderr and "--overwrite" in res.stderr
+    assert_same_data(before, read_all(out))
+    res = run_pt(*SMALL, "--L", "16", "--sweeps", "100", "--out", out, "--resume", check=False)
+    assert res.returncode == 2 and "L: file has 8, asked 16" in res.stderr
+    # extending a finished run: more production sweeps, the first samples untouched
+    run_pt("--out", out, "--resume", "--sweeps", "200")
+    after = read_all(out)
+    assert after["spins"].shape[1] == 100
+    assert np.array_equal(after["spins"][:, :50], before["spins"])
+    # a file that is not ours, and one that is not HDF5 at all
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["data"] = np.zeros(3)
+    text = tmp_path / "notes.h5"
+    text.write_text("hello")
+    for path, message in [(foreign, "is not an ising_dist"), (text, "not a readable HDF5"),
+                          (tmp_path / "missing.h5", "does not exist")]:
+        res = run_pt("--out", path, "--resume", check=False)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+    res = run_pt(*SMALL, "--sweeps", "100", "--out", out, "--overwrite")
+    assert res.returncode == 0
+
+
+def test_adaptive_ladder_equalises_acceptance(tmp_path):
+    out = tmp_path / "adaptive.h5"
+    common = ["--L", "16", "--replicas", "8", "--tmin", "1.5", "--tmax", "4.0",
+              "--thermalize", "8000", "--sweeps", "8000", "--sample-every", "10",
+              "--no-progress", "--seed", "3"]
+    run_pt(*common, "--ladder", "geometric", "--out", tmp_path / "geo.h5")
+    run_pt(*common, "--ladder", "adaptive", "--adapt-every", "20", "--out", out)
+    spread = {}
+    for name in ("geo", "adaptive"):
+        with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+            acc = f["exchange/accepted"][()] / f["exchange/attempted"][()]
+            T = f["temperatures"][()]
+        spread[name] = acc.max() - acc.min()
+    assert T[0] == 1.5 and np.isclose(T[-1], 4.0) and np.all(np.diff(T) > 0)
+    assert not np.allclose(T, np.geomspace(1.5, 4.0, 8))  # the ladder moved and was stored
+    assert spread["adaptive"] < 0.5 * spread["geo"], spread
+
+
+def test_stored_energies_match_kaufman_at_l16(tmp_path):
+    """Energies stored by a PT run spanning Tc against Kaufman's exact e(T, L=16), within 3σ
+    with σ from binning (which accounts for the autocorrelation)."""
+    out = tmp_path / "phys.h5"
+    run_pt("--L", "16", "--replicas", "8", "--tmin", "1.8", "--tmax", "3.0", "--thermalize",
+           "2000", "--sweeps", "60000", "--sample-every", "2", "--seed", "11", "--no-progress",
+           "--out", out)
+    with h5py.File(out, "r") as f:
+        T, e = f["temperatures"][()], f["energy"][()]
+    assert T[0] < exact.TC < T[-1]
+    for k, t in enumerate(T):
+        err = observables.binning_error(e[k])
+        ref = exact.kaufman_energy(t, 16)
+        assert abs(e[k].mean() - ref) < 3 * err, (t, e[k].mean(), err, ref)
+        assert err < 3e-3
