@@ -146,8 +146,8 @@ class Chains:
         if n_metropolis < 0 or np.any(n_wolff < 0) or (n_metropolis == 0 and np.any(n_wolff == 0)):
             raise ValueError(f"n_metropolis={n_metropolis}, n_wolff={n_wolff.tolist()}: "
                              "counts must be >= 0 and each step must do some work")
-        thr = np.stack([kernels.metropolis_thresholds(b) for b in betas]).reshape(-1, 2)
-        padd = np.array([kernels.wolff_threshold(b) for b in betas], np.uint64)
+        thr = kernels.metropolis_thresholds(betas)
+        padd = kernels.wolff_threshold(betas)
         kernels.advance_replicas(self.spins, thr, padd, self.keys, self.wkeys, self.counters,
                                  int(sweep0), int(n_sweeps), int(n_metropolis), n_wolff,
                                  self.energy, self.magnet, self.flipped)

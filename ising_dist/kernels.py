@@ -42,14 +42,16 @@ def rand64(key, counter):
 
 
 def metropolis_thresholds(beta):
-    """uint64 [2]: acceptance thresholds on a 32-bit uniform for ΔE = 4 and ΔE = 8."""
-    p = np.exp(-beta * np.array([4.0, 8.0]))
+    """uint64 [..., 2]: acceptance thresholds on a 32-bit uniform for ΔE = 4 and ΔE = 8
+    (beta scalar or array)."""
+    p = np.exp(-np.multiply.outer(beta, np.array([4.0, 8.0])))
     return np.floor(p * 2.0**32).astype(np.uint64)
 
 
 def wolff_threshold(beta):
-    """uint64: threshold on a 32-bit uniform for adding a bond, p_add = 1 - exp(-2β)."""
-    return np.uint64(np.floor(-np.expm1(-2.0 * beta) * 2.0**32))
+    """uint64 (array like beta): threshold on a 32-bit uniform for adding a bond,
+    p_add = 1 - exp(-2β)."""
+    return np.floor(-np.expm1(-2.0 * np.asarray(beta)) * 2.0**32).astype(np.uint64)
 
 
 @njit(inline="always")

@@ -1,0 +1,394 @@
+"""Search latent size × KL weight with Ray Tune; every trial is a Ray Train run.
+
+    python -m ising_dist.tune --config configs/tune/<name>.yaml [--data F.h5] [--out DIR]
+                              [--resume]
+
+Each trial is ``ising_dist.train.run`` (a TorchTrainer of ``workers_per_trial`` DDP workers)
+started from a Tune function trainable, its metrics passed to Tune by TuneReportCallback.
+A trial's driver holds 0.01 CPU, taken out of its workers' share, so one trial costs exactly
+workers_per_trial × cpus_per_worker CPUs and ``max_concurrent_trials`` (default: as many as
+the cluster's CPUs hold) never over-commits the cluster: trials never wait on each other.
+
+Ranking. Trials are ranked on a score, lower is better, that must not reward the KL weight
+itself (the total loss contains kl_weight·KL, so kl_weight=0 would trivially win it):
+``rank_by`` names a function in :data:`SCORERS`, ``row -> float``, computed after the search
+from each trial's table row (hyperparameters, final metrics, ``model`` path, ``data`` path).
+"val_recon" is the final validation reconstruction; a physics fidelity score plugs in as one
+more entry (see :func:`register_scorer`).
+
+The output directory (default runs/tune/<name>) holds:
+    search/             the Tune experiment (one folder per trial, each a train run directory
+                        under train/); ``--resume`` continues a stopped search (Tuner.restore)
+    results.csv, results.md   every trial: hyperparameters, final metrics, score, rank
+    best/model.pt, best/config.yaml   the best trial's final model and its train config
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import config as cfgmod
+from . import train as trainmod
+from .config import ConfigError
+from .train import TrainConfig
+
+EXPERIMENT = "search"
+TRIAL_DRIVER_CPU = 0.01
+SEARCHES = ("grid", "random")
+SCHEDULERS = ("fifo", "asha")
+
+Scorer = Callable[[dict], float]
+
+
+def score_val_recon(row: dict) -> float:
+    """Final validation reconstruction loss (BCE summed over sites, per sample)."""
+    return float(row["val_recon"])
+
+
+SCORERS: dict[str, Scorer] = {"val_recon": score_val_recon}
+
+
+def register_scorer(name: str, fn: Scorer) -> None:
+    """Make ``rank_by: name`` rank trials by fn(row) (lower is better). A row holds the
+    trial's latent_dim, kl_weight, final train_/val_ metrics, ``model`` (path of its final
+    model file) and ``data`` (path of the training file), e.g. for a physics score."""
+    SCORERS[name] = fn
+
+
+@dataclass
+class SearchConfig:
+    """A search over model.latent_dim × model.kl_weight of a train preset.
+
+    train               the train preset every trial starts from (configs/train/*.yaml)
+    data, out           override the preset's data file; output directory of the search
+    search              "grid": every latent_dims × kl_weights pair, num_samples times each;
+                        "random": num_samples trials drawing each value from the lists
+    scheduler           "fifo" (every trial runs all epochs) | "asha" (stops poor trials
+                        early on rank_by's metric, after grace_period epochs)
+    epochs              override the preset's epochs for every trial
+    workers_per_trial   DDP workers of each trial's TorchTrainer
+    max_concurrent_trials  default: as many trials as the cluster's CPUs hold at once
+    rank_by             a name in SCORERS (lower is better); "val_recon" by default
+    """
+    name: str = "demo"
+    train: str = "configs/train/demo.yaml"
+    data: Optional[str] = None
+    out: Optional[str] = None
+    latent_dims: list[int] = field(default_factory=lambda: [2, 8, 32, 100, 200])
+    kl_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0, 100.0])
+    search: str = "grid"
+    num_samples: int = 1
+    scheduler: str = "fifo"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    epochs: Optional[int] = None
+    workers_per_trial: int = 1
+    max_concurrent_trials: Optional[int] = None
+    rank_by: str = "val_recon"
+    seed: int = 0
+
+    def validate(self) -> None:
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+        need(bool(self.name) and "/" not in self.name,
+             f"name={self.name!r}: give a plain search name (e.g. demo)")
+        need(self.search in SEARCHES, f"search={self.search!r}: choose one of "
+                                      f"{', '.join(SEARCHES)}")
+        need(self.scheduler in SCHEDULERS, f"scheduler={self.scheduler!r}: choose one of "
+                                           f"{', '.join(SCHEDULERS)}")
+        need(len(self.latent_dims) > 0 and all(d >= 1 for d in self.latent_dims),
+             f"latent_dims={self.latent_dims}: give a non-empty list of sizes ≥ 1, e.g. [2, 8]")
+        need(len(self.kl_weights) > 0 and all(w >= 0 for w in self.kl_weights),
+             f"kl_weights={self.kl_weights}: give a non-empty list of weights ≥ 0, e.g. [0, 1]")
+        for key in ("num_samples", "grace_period", "workers_per_trial"):
+            need(getattr(self, key) >= 1, f"{key}={getattr(self, key)}: must be ≥ 1")
+        need(self.reduction_factor >= 2, f"reduction_factor={self.reduction_factor}: must be ≥ 2")
+        need(self.epochs is None or self.epochs >= 1, f"epochs={self.epochs}: must be ≥ 1")
+        need(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
+             f"max_concurrent_trials={self.max_concurrent_trials}: must be ≥ 1 (or leave it "
+             f"out to fit the cluster)")
+        need(self.rank_by in SCORERS, f"rank_by={self.rank_by!r}: choose one of "
+                                      f"{', '.join(sorted(SCORERS))}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/tune/{self.name}").absolute()
+
+    def base_train_config(self) -> TrainConfig:
+        """The preset with this search's overrides; refused if it is not a VAE-like model."""
+        overrides = {"data": self.data, "epochs": self.epochs, "workers": self.workers_per_trial,
+                     "progress": False}
+        base = cfgmod.load(TrainConfig, self.train, overrides)
+        family = base.model.get("family", "vae")
+        if family not in ("vae", "cvae"):
+            raise ConfigError(f"train preset {self.train!r} has model.family={family!r}: the "
+                              f"search varies latent_dim × kl_weight, which needs family vae or"
+                              f" cvae; point train: at such a preset")
+        base.data = os.path.abspath(base.data)
+        return base
+
+
+# ---------------------------------------------------------------------------------- trial
+def trial(config: dict) -> None:
+    """One Tune trial: a Ray Train run with this trial's latent_dim and kl_weight.
+
+    A trial restarted by Tuner.restore continues its own newest checkpoint."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    base = dict(config["base"])
+    base["model"] = {**base["model"], "latent_dim": int(config["latent_dim"]),
+                     "kl_weight": float(config["kl_weight"])}
+    # the trial's folder in the experiment's storage (get_trial_dir() is a local staging copy)
+    trial_name = Path(ray.tune.get_context().get_trial_dir()).name
+    base["out"] = str(Path(config["experiment_dir"]) / trial_name / "train")
+    cfg = cfgmod.from_dict(TrainConfig, base, source="trial config")
+    done = trainmod.checkpoints(cfg.run_dir)
+    if done and trainmod.load_state(done[-1])["epoch"] >= cfg.epochs:
+        # finished before the search stopped, but Tune had not recorded it: report it again
+        state = trainmod.load_state(done[-1])
+        ray.tune.report({**state["metrics"], "checkpoint_path": str(done[-1])})
+        return
+    trainmod.run(cfg, resume=bool(done), callbacks=[TuneReportCallback()], start_ray=False)
+
+
+# ---------------------------------------------------------------------------------- driver
+def fit_concurrency(cfg: SearchConfig, base: TrainConfig, cluster_cpus: float) -> int:
+    """Trials that fit the cluster at once (each costs workers × cpus_per_worker CPUs)."""
+    per_trial = base.workers * base.cpus_per_worker
+    fitted = int(math.floor(cluster_cpus / per_trial + 1e-9))
+    if fitted < 1:
+        raise ConfigError(f"one trial needs {per_trial:g} CPUs (workers_per_trial="
+                          f"{base.workers} × cpus_per_worker={base.cpus_per_worker:g}) but the "
+                          f"Ray cluster has {cluster_cpus:g}; lower workers_per_trial")
+    if cfg.max_concurrent_trials is None:
+        return fitted
+    if cfg.max_concurrent_trials > fitted:
+        raise ConfigError(f"max_concurrent_trials={cfg.max_concurrent_trials} × {per_trial:g} "
+                          f"CPUs per trial exceeds the cluster's {cluster_cpus:g} CPUs, so "
+                          f"trials would wait on each other for workers; use at most {fitted} "
+                          f"(or leave it out)")
+    return cfg.max_concurrent_trials
+
+
+def param_space(cfg: SearchConfig, base: TrainConfig) -> dict:
+    from ray import tune
+    # the driver's 0.01 CPU comes out of the workers' share (see module doc)
+    trial_base = {**cfgmod.to_dict(base),
+                  "cpus_per_worker": base.cpus_per_worker - TRIAL_DRIVER_CPU / base.workers,
+                  "threads": base.threads_per_worker}
+    if cfg.search == "grid":
+        space = {"latent_dim": tune.grid_search(list(cfg.latent_dims)),
+                 "kl_weight": tune.grid_search(list(cfg.kl_weights))}
+    else:
+        space = {"latent_dim": tune.choice(list(cfg.latent_dims)),
+                 "kl_weight": tune.choice(list(cfg.kl_weights))}
+    return {"base": trial_base, "experiment_dir": str(cfg.out_dir / EXPERIMENT), **space}
+
+
+def _tuner(cfg: SearchConfig, base: TrainConfig, concurrency: int, resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    trainable = tune.with_resources(trial, {"cpu": TRIAL_DRIVER_CPU})
+    path = cfg.out_dir / EXPERIMENT
+    if resume:
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    scheduler = FIFOScheduler() if cfg.scheduler == "fifo" else ASHAScheduler(
+        time_attr="epoch", max_t=base.epochs, grace_period=cfg.grace_period,
+        reduction_factor=cfg.reduction_factor)
+    return tune.Tuner(
+        trainable, param_space=param_space(cfg, base),
+        tune_config=tune.TuneConfig(metric="val_recon", mode="min", scheduler=scheduler,
+                                    num_samples=cfg.num_samples,
+                                    # Tune ignores max_concurrent_trials when given a
+                                    # search_alg: the generator itself must limit it
+                                    search_alg=BasicVariantGenerator(max_concurrent=concurrency,
+                                                                     random_state=cfg.seed)),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(cfg.out_dir)))
+
+
+def trial_rows(out_dir: Path) -> list[dict]:
+    """One row per trial that started, read from the trial run directories (the source of
+    truth, identical whether the search finished, stopped or was resumed)."""
+    rows = []
+    for cfg_path in sorted((out_dir / EXPERIMENT).glob("*/train/config.yaml")):
+        run_dir = cfg_path.parent
+        tcfg = cfgmod.load(TrainConfig, cfg_path)
+        metrics = trainmod.read_metrics(run_dir)
+        ckpts = trainmod.checkpoints(run_dir)
+        last = metrics[-1] if metrics else {}
+        epochs = int(last.get("epoch", 0))
+        model = run_dir / "model.pt" if (run_dir / "model.pt").is_file() else (
+            ckpts[-1] / "model.pt" if ckpts else None)
+        rows.append({
+            "trial": "_".join(run_dir.parent.name.split("_")[:3]),  # trial_<exp>_<index>
+            "trial_dir": str(run_dir.parent), "latent_dim": int(tcfg.model["latent_dim"]),
+            "kl_weight": float(tcfg.model["kl_weight"]), "epochs": epochs,
+            "status": ("complete" if epochs >= tcfg.epochs else
+                       "stopped" if epochs > 0 else "no epoch"),
+            **{k: v for k, v in last.items() if k.startswith(("train_", "val_"))},
+            "model": str(model) if model else "", "data": tcfg.data,
+            "config": str(cfg_path)})
+    return rows
+
+
+def rank(rows: list[dict], rank_by: str) -> list[dict]:
+    """Rows with ``score`` and ``rank`` (1 = best) added, best first; rows without a score
+    (no finished epoch, or a scorer that failed) come last with rank blank."""
+    scorer = SCORERS[rank_by]
+    for r in rows:
+        try:
+            r["score"] = float(scorer(r)) if r["epochs"] > 0 else math.nan
+        except (KeyError, ValueError) as exc:
+            r["score"], r["status"] = math.nan, f"{r['status']}; score failed: {exc}"
+    scored = sorted((r for r in rows if math.isfinite(r["score"])), key=lambda r: r["score"])
+    for i, r in enumerate(scored, 1):
+        r["rank"] = i
+    rest = [r for r in rows if not math.isfinite(r["score"])]
+    for r in rest:
+        r["rank"] = ""
+    return scored + rest
+
+
+TABLE = ("rank", "trial", "latent_dim", "kl_weight", "score", "epochs", "status", "val_recon",
+         "val_kl", "val_total", "train_recon", "train_kl", "train_total")
+
+
+def write_tables(out_dir: Path, rows: list[dict], rank_by: str) -> None:
+    cols = list(TABLE) + sorted({k for r in rows for k in r} - set(TABLE))
+    with open(out_dir / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    shown = [c for c in TABLE if any(c in r for r in rows)]
+    lines = [f"# Search {out_dir.name}: latent_dim × kl_weight, ranked by {rank_by} "
+             f"(lower is better)", "",
+             "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in shown) + " |" for r in rows]
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def keep_best(out_dir: Path, rows: list[dict]) -> Optional[dict]:
+    best = next((r for r in rows if r["rank"] == 1 and r["model"]), None)
+    if best is None:
+        return None
+    dest = out_dir / "best"
+    dest.mkdir(exist_ok=True)
+    shutil.copyfile(best["model"], dest / "model.pt")
+    shutil.copyfile(best["config"], dest / "config.yaml")
+    return best
+
+
+def run(cfg: SearchConfig, resume: bool = False) -> dict:
+    """Run (or resume) the search; returns {"rows", "best", "unfinished", "out"}."""
+    out_dir = cfg.out_dir
+    exp = out_dir / EXPERIMENT
+    base = cfg.base_train_config()
+    # check data and model before any trial starts (errors name the bad value)
+    trainmod.resolve(base)
+    if resume and not exp.is_dir():
+        raise ConfigError(f"--resume: {exp} does not exist; drop --resume to start the search")
+    if not resume and exp.exists():
+        raise ConfigError(f"--out {out_dir} already holds a search; pass --resume to continue "
+                          f"it or choose another --out")
+    mode = trainmod.ensure_ray()
+    import ray
+    concurrency = fit_concurrency(cfg, base, ray.cluster_resources().get("CPU", 0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out_dir / "config.yaml").write_text(cfgmod.to_yaml(cfg))
+    tuner = _tuner(cfg, base, concurrency, resume)
+    grid = tuner.fit()
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    rows = rank(trial_rows(out_dir), cfg.rank_by)
+    write_tables(out_dir, rows, cfg.rank_by)
+    best = keep_best(out_dir, rows) if unfinished == 0 else None
+    return {"rows": rows, "best": best, "unfinished": unfinished, "errors": grid.num_errors,
+            "out": str(out_dir), "ray": mode}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ising_dist.tune", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML preset, e.g. configs/tune/demo.yaml (with --resume: "
+                                    "default is the output directory's config.yaml)")
+    p.add_argument("--data", help="HDF5 file of python -m ising_dist.pt (overrides the preset)")
+    p.add_argument("--out", help="output directory (default runs/tune/<name>)")
+    p.add_argument("--epochs", type=int, help="epochs of every trial")
+    p.add_argument("--workers-per-trial", dest="workers_per_trial", type=int)
+    p.add_argument("--max-concurrent-trials", dest="max_concurrent_trials", type=int)
+    p.add_argument("--resume", action="store_true", help="continue a stopped search in --out")
+    return p.parse_args(argv)
+
+
+def locate_preset(train: str, tune_config) -> str:
+    """The train preset path as given if it exists from here, else relative to a folder above
+    the tune config (so configs/train/x.yaml works from any working directory)."""
+    if Path(train).is_absolute() or Path(train).exists():
+        return train
+    for parent in Path(tune_config).absolute().parents:
+        if (parent / train).is_file():
+            return str(parent / train)
+    return train
+
+
+def resolve_config(args) -> SearchConfig:
+    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "workers_per_trial",
+                                               "max_concurrent_trials")}
+    if args.config:
+        cfg = cfgmod.load(SearchConfig, args.config, overrides)
+        cfg.train = locate_preset(cfg.train, args.config)
+        return cfg
+    if args.resume and args.out:
+        saved = Path(args.out) / "config.yaml"
+        if saved.is_file():
+            return cfgmod.load(SearchConfig, saved, overrides)
+        raise ConfigError(f"--resume: {saved} does not exist; is --out {args.out} a search "
+                          f"directory of ising_dist.tune?")
+    raise ConfigError("no --config given: pass a preset (e.g. --config configs/tune/demo.yaml) "
+                      "or --resume --out SEARCH_DIR")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        summary = run(cfg, resume=args.resume)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(summary["out"])
+    print((out / "results.md").read_text())
+    if summary["unfinished"]:
+        print(f"search stopped with {summary['unfinished']} trial(s) unfinished; continue with:"
+              f"\n  python -m ising_dist.tune --out {out} --resume", flush=True)
+        return 1
+    if summary["best"] is None:
+        print(f"error: no trial finished an epoch ({summary['errors']} errored); see the trial "
+              f"logs under {out / EXPERIMENT}", file=sys.stderr)
+        return 1
+    b = summary["best"]
+    print(f"best: latent_dim={b['latent_dim']} kl_weight={b['kl_weight']:g} "
+          f"({cfg.rank_by} {b['score']:.4g})\nmodel: {out / 'best' / 'model.pt'}\n"
+          f"tables: {out / 'results.csv'}, {out / 'results.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from ising_dist.tune import main as _main  # Ray pickles `trial` by reference
+    sys.exit(_main())
