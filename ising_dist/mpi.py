@@ -12,8 +12,9 @@ _SERIAL_HINT = "not launched by mpiexec/srun"
 
 def _launched_by_mpi():
     env = os.environ
-    return any(k in env for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
-                                  "MPI_LOCALNRANKS", "HYDI_CONTROL_FD"))
+    return any(k in env for k in ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK",
+                                  "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")) \
+        or int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1
 
 
 class SerialComm:
@@ -80,4 +81,9 @@ def world():
     except ImportError as exc:  # launched by mpiexec but mpi4py is missing
         raise RuntimeError(f"launched under MPI but mpi4py cannot be imported ({exc}); "
                            "install it with `pip install mpi4py mpich`") from exc
-    return MPIComm(MPI)
+    comm = MPIComm(MPI)
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", comm.size))
+    if comm.size != tasks:  # e.g. srun without PMI: N independent one-rank jobs
+        raise RuntimeError(f"srun started {tasks} tasks but MPI sees {comm.size}: launch with "
+                           f"`srun --mpi=pmi2` (MPICH) so the tasks form one MPI job")
+    return comm

@@ -307,13 +307,15 @@ def parse_args(argv):
     p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run",
+                   help="validate the config, print it resolved (YAML) and exit")
     return p.parse_args(argv)
 
 
 def resolve_config(args):
     """The run's PTConfig and, when resuming, the opened writer and checkpoint (rank 0)."""
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("config", "resume", "overwrite") and v is not None}
+                 if k not in ("config", "resume", "overwrite", "dry_run") and v is not None}
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
     if not args.resume:
@@ -374,12 +376,23 @@ def setup(args, comm):
 
 
 def main(argv=None):
-    comm = world()
+    try:
+        comm = world()
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if comm.size > 1 and "NUMBA_NUM_THREADS" not in os.environ:
         import numba
         numba.set_num_threads(1)  # one core per rank unless the user splits threads on purpose
     args = parse_args(argv)
     try:
+        if args.dry_run:
+            if comm.rank == 0:
+                print(cfgmod.to_yaml(cfgmod.load(PTConfig, args.config, {
+                    k: v for k, v in vars(args).items()
+                    if k not in ("config", "resume", "overwrite", "dry_run") and v is not None})),
+                    end="")
+            return 0
         cfg, writer, ckpt = setup(args, comm)
     except ConfigError as exc:
         if comm.rank == 0:

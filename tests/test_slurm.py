@@ -1,0 +1,90 @@
+"""slurm/simulate.sh on a real one-node Slurm: sbatch, srun --mpi=pmi2, SIGTERM, requeue."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.slurm_cluster import SlurmCluster
+from tests.test_pt import DATASETS, assert_same_data, read_all, run_pt, wait_for_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def sbatch(slurm, tmp_path, *args, wait=True, ntasks=4):
+    cmd = ["sbatch", "--parsable", f"--ntasks={ntasks}", f"--output={tmp_path}/job-%j.out"]
+    if wait:
+        cmd.append("--wait")
+    res = slurm.run(*cmd, "slurm/simulate.sh", *args, cwd=ROOT, check=False)
+    job = res.stdout.strip().split(";")[0]
+    log = tmp_path / f"job-{job}.out"
+    return res, job, log
+
+
+def test_sbatch_simulate_writes_a_valid_file_with_4_ranks(slurm, tmp_path):
+    out = tmp_path / "sim.h5"
+    res, job, log = sbatch(slurm, tmp_path, "configs/pt/demo.yaml", "--out", out,
+                           "--sweeps", "400")
+    text = log.read_text()
+    assert res.returncode == 0, text + res.stderr
+    assert "on 4 rank(s)" in text and f"HDF5 file: {out}" in text
+    with h5py.File(out, "r") as f:
+        assert f.attrs["schema_version"] == 1 and f["spins"].shape == (8, 100, 16, 16)
+    # the same run without Slurm or MPI gives the same file: srun really formed one MPI job
+    ref = tmp_path / "ref.h5"
+    run_pt("--config", "configs/pt/demo.yaml", "--sweeps", "400", "--no-progress", "--out", ref)
+    assert_same_data(read_all(ref), read_all(out))
+
+
+def test_scancel_term_checkpoints_and_resubmission_resumes(slurm, tmp_path):
+    out = tmp_path / "long.h5"
+    common = ["configs/pt/demo.yaml", "--out", out, "--exchange-every", "10",
+              "--checkpoint-every", "1000000"]
+    # a run far too long to finish: it is stopped by SIGTERM once it streams samples
+    res, job, log = sbatch(slurm, tmp_path, *common, "--sweeps", "2000000", wait=False)
+    assert res.returncode == 0, res.stderr
+    t0 = time.time()
+    while time.time() - t0 < 180:
+        try:
+            with h5py.File(out, "r", swmr=True) as f:
+                if f["spins"].shape[1] > 0:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.2)
+    slurm.run("scancel", "--signal=TERM", job)
+    t0 = time.time()
+    while slurm.job_state(job) in ("RUNNING", "PENDING", "COMPLETING") and time.time() - t0 < 120:
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "stopped at sweep" in text and slurm.job_state(job) == "COMPLETED", text
+    with h5py.File(out, "r") as f:
+        cur = f["checkpoint/current"][0]
+        done = int(f[f"checkpoint/slot{cur}/position"][0])
+        assert 1000 < done < 2001000
+    # resubmitting resumes the file; finish 2000 sweeps past the checkpoint
+    sweeps = str(done - 1000 + 2000)
+    res, job2, log2 = sbatch(slurm, tmp_path, *common, "--sweeps", sweeps)
+    text2 = log2.read_text()
+    assert res.returncode == 0 and "resuming" in text2 and "done:" in text2, text2
+    ref = tmp_path / "ref.h5"
+    run_pt("--config", common[0], *map(str, common[3:]), "--sweeps", sweeps, "--no-progress",
+           "--out", ref)
+    assert_same_data(read_all(ref), read_all(out))
