@@ -15,7 +15,8 @@ sweep s, then at s, in this order:
   4. adapt       adaptive ladder, thermalization only (first 3/4), after windows of
                  adapt_every, 2·adapt_every, 4·adapt_every, ... exchange rounds
   5. production  at s = thermalize: freeze the ladder, reset exchange statistics
-  6. sample      production only, every sample_every sweeps: gather to the writer rank
+  6. sample      production only, every sample_every sweeps (every rank calls the writer;
+                 the writer decides who writes: see ising_dist.store)
   7. checkpoint  every checkpoint_every sweeps, at the end, and on a stop request
   8. progress    rank 0, rate-limited
 A checkpoint at s holds the state after all events at s, so a resumed run continues exactly.
@@ -29,6 +30,7 @@ import sys
 import time
 import warnings
 
+import h5py
 import numpy as np
 
 from . import config as cfgmod
@@ -36,7 +38,8 @@ from . import kernels, observables
 from .config import ConfigError, PTConfig
 from .engine import Chains, clusters_per_sweep
 from .mpi import world
-from .store import RunWriter, StoreError, open_read, stored_config
+from .store import (CollectiveWriter, GatherWriter, RunWriter, StoreError, open_read,
+                    stored_config)
 
 RESUME_MAY_CHANGE = ("out", "progress", "sweeps", "checkpoint_every")
 
@@ -197,41 +200,25 @@ class ParallelTempering:
     def _start_production(self):
         self.attempted[:] = 0
         self.accepted[:] = 0
-        if self.writer is not None and self.cfg.ladder == "adaptive":
+        if self.cfg.ladder == "adaptive":
             self.writer.set_temperatures(self.temps)
 
-    def _gather_lattices(self):
-        parts = self.comm.gather((self.chains.replica_ids, self.chains.spins.copy(),
-                                  self.chains.counters.copy(), self.chains.magnet.copy()))
-        if parts is None or self.writer is None:
-            return None
-        spins = np.empty((self.R, self.L, self.L), np.int8)
-        counters = np.empty(self.R, np.uint64)
-        magnet = np.empty(self.R, np.int64)
-        for ids, sp, co, mg in parts:
-            spins[ids], counters[ids], magnet[ids] = sp, co, mg
-        return spins, counters, magnet
-
     def _sample(self):
-        got = self._gather_lattices()
-        if got is None:
-            return
-        spins, _, magnet = got
-        at = np.argsort(self.slot_of)
-        self.writer.append(self.sweep, spins[at], self.energy[at] / self.N,
-                           magnet[at] / self.N, at.astype(np.int32))
+        ids = self.chains.replica_ids
+        self.writer.sample(self.sweep, ids, self.slot_of[ids], self.chains.spins,
+                           self.energy[ids] / self.N, self.chains.magnet / self.N)
 
-    def state(self, spins, counters):
-        return dict(spins=spins, counters=counters, slot_of=self.slot_of,
-                    temperatures=self.temps, n_wolff=self.n_wolff, direction=self.direction,
-                    round_trips=self.round_trips, attempted=self.attempted,
-                    accepted=self.accepted, window_attempted=self.win_att,
-                    window_accepted=self.win_acc, position=np.array([self.sweep, 0]))
+    def shared_state(self):
+        """The part of the checkpoint that every rank holds identically."""
+        return dict(slot_of=self.slot_of, temperatures=self.temps, n_wolff=self.n_wolff,
+                    direction=self.direction, round_trips=self.round_trips,
+                    attempted=self.attempted, accepted=self.accepted,
+                    window_attempted=self.win_att, window_accepted=self.win_acc,
+                    position=np.array([self.sweep, 0]))
 
     def _checkpoint(self):
-        got = self._gather_lattices()
-        if got is not None:
-            self.writer.checkpoint(self.state(got[0], got[1]))
+        self.writer.checkpoint(self.shared_state(), self.chains.replica_ids, self.chains.spins,
+                               self.chains.counters)
 
     # -- progress -------------------------------------------------------------------------
     def _start_progress(self):
@@ -356,12 +343,11 @@ def setup(args, comm):
             if cfg.replicas < comm.size:
                 raise ConfigError(f"replicas={cfg.replicas} < {comm.size} MPI ranks: every rank "
                                   f"needs a replica; use --replicas {comm.size} or fewer ranks")
-            if cfg.writer == "collective":
+            if cfg.writer == "collective" and not h5py.get_config().mpi:
                 raise ConfigError(
-                    "writer=collective: collective parallel-HDF5 writes are not available in "
-                    "this build (h5py.get_config().mpi="
-                    f"{__import__('h5py').get_config().mpi}); use --writer gather (the default,"
-                    " live-readable through SWMR)")
+                    "writer=collective needs h5py built against parallel HDF5 "
+                    "(h5py.get_config().mpi is False here); build it as the README's "
+                    "'Parallel HDF5' section says, or use --writer gather (live-readable)")
             if writer is None:
                 writer = RunWriter.create(cfg.out, cfgmod.to_yaml(cfg), cfg.L, cfg.seed,
                                           cfg.ladder_temperatures(), overwrite=args.overwrite)
@@ -372,7 +358,13 @@ def setup(args, comm):
     if status == "error":
         raise ConfigError(payload)
     cfg = cfgmod.from_dict(PTConfig, payload)
-    return cfg, (writer if comm.rank == 0 else None), ckpt
+    if cfg.writer == "collective" and comm.size > 1:
+        if comm.rank == 0:
+            writer.close()  # created or cut back serially; now every rank opens it with mpio
+        comm.barrier()
+        return cfg, CollectiveWriter(comm, cfg.out), ckpt
+    # gather: "auto" picks it too, for a file that can be read while it is written
+    return cfg, GatherWriter(comm, writer if comm.rank == 0 else None), ckpt
 
 
 def main(argv=None):
@@ -406,8 +398,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, request_stop)
     t0 = time.perf_counter()
     pt.run()
-    if writer is not None:
-        writer.close()
+    writer.close()
     if comm.rank == 0:
         elapsed = time.perf_counter() - t0
         if pt.sweep < pt.total:

@@ -236,7 +236,8 @@ class RunWriter:
 
     # -- checkpoints --------------------------------------------------------------------
     def checkpoint(self, state):
-        """Write ``state`` (CHECKPOINT_FIELDS) into the spare slot, then switch to it.
+        """Write ``state`` (CHECKPOINT_FIELDS; its position[1] is filled in here) into the
+        spare slot, then switch to it.
         Queued samples are written first, so the checkpoint never points past the data."""
         self.flush()
         state = dict(state)
@@ -259,6 +260,146 @@ class RunWriter:
             return None
         slot = self.f[f"checkpoint/slot{cur}"]
         return {name: slot[name][()] for name in CHECKPOINT_FIELDS}
+
+    def close(self):
+        self.flush()
+        self.f.close()
+
+
+# -- every rank calls a writer; the writer decides who writes ---------------------------------
+def _assemble(parts, R, L):
+    """Rows from every rank's (ids, rows...) tuples → full arrays indexed by id."""
+    out = None
+    for ids, *rows in parts:
+        if out is None:
+            out = [np.empty((R,) + np.shape(r)[1:], np.asarray(r).dtype) for r in rows]
+        for o, r in zip(out, rows):
+            o[ids] = r
+    return out
+
+
+class GatherWriter:
+    """Ranks send their replicas to rank 0, which writes with a serial :class:`RunWriter`.
+    The file is live-readable (SWMR). Costs rank 0 the gather and the compression."""
+
+    def __init__(self, comm, run_writer):
+        self.comm, self.w = comm, run_writer
+
+    def sample(self, sweep, ids, slots, spins, energy, magnet):
+        """Local replicas ``ids`` sit at temperature ``slots``; energy/magnet per spin."""
+        parts = self.comm.gather((slots, spins, energy, magnet, ids.astype(np.int32)))
+        if self.w is not None:
+            spins, energy, magnet, replica = _assemble(parts, self.w.R, self.w.L)
+            self.w.append(sweep, spins, energy, magnet, replica)
+
+    def checkpoint(self, shared, ids, spins, counters):
+        parts = self.comm.gather((ids, spins, counters))
+        if self.w is not None:
+            spins, counters = _assemble(parts, self.w.R, self.w.L)
+            self.w.checkpoint(dict(shared, spins=spins, counters=counters))
+
+    def set_temperatures(self, temperatures):
+        if self.w is not None:
+            self.w.set_temperatures(temperatures)
+
+    def close(self):
+        if self.w is not None:
+            self.w.close()
+
+
+class CollectiveWriter:
+    """Every rank writes its own rows through parallel HDF5 (the mpio driver), collectively.
+
+    Needs h5py built against parallel HDF5 (``h5py.get_config().mpi``). Gives up live reading:
+    SWMR does not work with mpio, so readers must wait for the run to end or stop. Samples are
+    buffered a chunk at a time (and at checkpoints), the same on every rank.
+    """
+
+    def __init__(self, comm, path):
+        self.comm = comm
+        self.f = h5py.File(path, "r+", driver="mpio", comm=comm.comm, libver=LIBVER)
+        self.R, self.L = self.f["spins"].shape[0], self.f["spins"].shape[2]
+        self.chunk = self.f["spins"].chunks[1]
+        self.n_samples = self.f["spins"].shape[1]
+        self._buf = []
+
+    def _write(self, dset, selection, data):
+        """Collective write of ``data`` into ``dset[selection]``; selection None: nothing."""
+        dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
+        dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
+        fspace = dset.id.get_space()
+        data = np.ascontiguousarray(data, dtype=dset.dtype)
+        mspace = h5py.h5s.create_simple(data.shape if data.ndim else (1,))
+        if selection is None:
+            fspace.select_none()
+            mspace.select_none()
+        else:
+            fspace.select_none()
+            for start, count in selection:
+                fspace.select_hyperslab(start, count, op=h5py.h5s.SELECT_OR)
+        dset.id.write(mspace, fspace, data.reshape(data.shape or (1,)), dxpl=dxpl)
+
+    def _rows(self, rows, n, index):
+        """Hyperslabs selecting rows ``rows`` (sorted) at sample ``index`` of an [R, S, ...]
+        dataset with trailing dims n."""
+        return [((int(r), index) + (0,) * len(n), (1, 1) + tuple(n)) for r in rows]
+
+    def sample(self, sweep, ids, slots, spins, energy, magnet):
+        self._buf.append((sweep, ids, slots, spins, energy, magnet))
+        if len(self._buf) >= self.chunk:
+            self.flush()
+
+    def flush(self):
+        k = len(self._buf)
+        if k:
+            f, n0 = self.f, self.n_samples
+            for name in ("spins", "energy", "magnetization", "replica"):
+                f[name].resize(n0 + k, axis=1)
+            f["sweep"].resize(n0 + k, axis=0)
+            L = self.L
+            for j, (sweep, ids, slots, spins, energy, magnet) in enumerate(self._buf):
+                order = np.argsort(slots)
+                rows = slots[order]
+                self._write(f["spins"], self._rows(rows, (L, L), n0 + j), spins[order])
+                self._write(f["energy"], self._rows(rows, (), n0 + j), energy[order])
+                self._write(f["magnetization"], self._rows(rows, (), n0 + j), magnet[order])
+                self._write(f["replica"], self._rows(rows, (), n0 + j), ids[order])
+            sweeps = np.array([b[0] for b in self._buf], np.int64)
+            self._write(f["sweep"], [((n0,), (k,))] if self.comm.rank == 0 else None, sweeps)
+            self.n_samples = n0 + k
+            self._buf = []
+        self.f.flush()
+
+    def _shared(self, dset, data):
+        """Rank 0 writes a dataset every rank holds identically (others select nothing)."""
+        data = np.asarray(data)
+        sel = [((0,) * data.ndim, data.shape)] if self.comm.rank == 0 else None
+        self._write(dset, sel, data)
+
+    def checkpoint(self, shared, ids, spins, counters):
+        self.flush()
+        cur = int(self.f["checkpoint/current"][0])
+        spare = 0 if cur < 0 else 1 - cur
+        slot = self.f[f"checkpoint/slot{spare}"]
+        order = np.argsort(ids)
+        rows = ids[order]
+        self._write(slot["spins"], [((int(r), 0, 0), (1, self.L, self.L)) for r in rows],
+                    spins[order])
+        self._write(slot["counters"], [((int(r),), (1,)) for r in rows], counters[order])
+        state = dict(shared)
+        state["position"] = np.array([shared["position"][0], self.n_samples], np.int64)
+        for name in CHECKPOINT_FIELDS:
+            if name not in ("spins", "counters"):
+                self._shared(slot[name], state[name])
+        self._shared(self.f["exchange/attempted"], state["attempted"])
+        self._shared(self.f["exchange/accepted"], state["accepted"])
+        self.f.flush()
+        self._shared(self.f["checkpoint/current"], np.array([spare], np.int64))
+        self.f.attrs["sweeps_done"] = int(state["position"][0])
+        self.f.flush()
+
+    def set_temperatures(self, temperatures):
+        self._shared(self.f["temperatures"], temperatures)
 
     def close(self):
         self.flush()

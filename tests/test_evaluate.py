@@ -1,0 +1,309 @@
+"""The evaluation stage on a real PT file and tiny real models: metrics.json and its shape,
+the pictures, the noise floor against a deliberately wrong generator, the latent Tc of a
+trained AE, memorization, the Tune hooks, and the errors a user meets."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from ising_dist import evaluate, report
+from ising_dist.data import make_datasets
+from ising_dist.exact import TC
+from ising_dist.models import ModelConfig, build_model, evaluate_epoch, save_model, train_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+# A real PT run across Tc: L=16, 8 temperatures 1.6…3.2 (geometric; spacing ≈ 0.22 near Tc),
+# 2000 samples 4 sweeps apart per temperature (a few seconds on one core).
+PT_ARGS = ["--L", "16", "--replicas", "8", "--tmin", "1.6", "--tmax", "3.2", "--thermalize",
+           "1000", "--sweeps", "8000", "--sample-every", "4", "--seed", "1", "--no-progress"]
+PICTURES = {"observables.png", "distances.png", "histograms.png", "correlation.png",
+            "samples.png", "reconstructions.png", "interpolation.png", "latent_scatter.png",
+            "latent_tc.png", "decoded_grid.png", "loss_curves.png", "cost.png"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine more threads make tiny models slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def pt_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("eval_pt") / "pt.h5"
+    res = subprocess.run([sys.executable, "-m", "ising_dist.pt", *PT_ARGS, "--out", str(path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return path
+
+
+def _tensors(path, fp, split):
+    a, b = fp["splits"][split]
+    with h5py.File(path, "r") as f:
+        s, temps = f["spins"][:, a:b], f["temperatures"][()]
+    x = torch.from_numpy((s > 0).astype(np.float32)).reshape(-1, s.shape[-2], s.shape[-1])
+    return x, torch.from_numpy(np.repeat(temps, b - a).astype(np.float32))
+
+
+def train_tiny(pt_file, out: Path, family="ae", epochs=6, seed=0) -> Path:
+    """A run directory as ising_dist.train writes it (model.pt with the data fingerprint and
+    train_seconds in extra, metrics.csv), trained with the plain-PyTorch loop in memory."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    _, fp = make_datasets(pt_file, val_fraction=0.1, test_fraction=0.1)
+    (xt, tt), (xv, tv) = _tensors(pt_file, fp, "train"), _tensors(pt_file, fp, "val")
+    model = build_model({"family": family, "arch": "mlp", "L": fp["L"], "latent_dim": 2,
+                         "hidden": [64], "kl_weight": 1.0})
+    opts = model.configure_optimizers(3e-3)
+    rows, total = [], 0.0
+    for epoch in range(epochs):
+        idx = torch.randperm(len(xt), generator=g)
+        batches = [(xt[idx[i:i + 128]], tt[idx[i:i + 128]]) for i in range(0, len(xt), 128)]
+        t0 = time.perf_counter()
+        tr = train_epoch(model, batches, opts, "cpu")
+        dt = time.perf_counter() - t0
+        total += dt
+        va = evaluate_epoch(model, [(xv, tv)], "cpu")
+        rows.append({"epoch": epoch + 1, **{f"train_{k}": v for k, v in tr.items()},
+                     **{f"val_{k}": v for k, v in va.items()}, "epoch_time_s": dt})
+    out.mkdir(parents=True)
+    save_model(out / "model.pt", model, {"epoch": epochs, "data": fp, "train_seconds": total,
+                                         "train_config": {"val_fraction": 0.1,
+                                                          "test_fraction": 0.1, "skip": 0}})
+    with open(out / "metrics.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ae_run(pt_file, tmp_path_factory) -> Path:
+    return train_tiny(pt_file, tmp_path_factory.mktemp("eval_runs") / "ae")
+
+
+@pytest.fixture(scope="module")
+def cli_report(pt_file, ae_run, tmp_path_factory):
+    """The real command line on the AE run directory."""
+    out = tmp_path_factory.mktemp("eval_report") / "report"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "ising_dist.evaluate", "--data", str(pt_file),
+                          "--model", str(ae_run), "--out", str(out), "--samples", "1000",
+                          "--cost-sweeps", "1000"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out, json.loads((out / "metrics.json").read_text()), res.stdout
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# ------------------------------------------------------------------------------ report
+def test_metrics_json_has_the_documented_shape_and_finite_values(cli_report, pt_file):
+    out, m, stdout = cli_report
+    assert m["L"] == 16 and m["model"]["family"] == "ae" and m["model"]["L"] == 16
+    with h5py.File(pt_file, "r") as f:
+        temps = f["temperatures"][()]
+    assert [p["T"] for p in m["per_temperature"]] == pytest.approx(temps.tolist())
+    for p in m["per_temperature"]:
+        for src in ("mcmc", "generated"):
+            for k in ("e", "abs_m", "C", "chi", "U4"):
+                mean, err = p[src][k]
+                assert _finite(mean) and _finite(err) and err >= 0, (p["T"], src, k)
+        for k in ("w1_e", "w1_abs_m"):
+            assert _finite(p[k]) and _finite(p["noise_floor"][k])
+        assert p["n_mcmc"] == 400 and p["n_generated"] == 1000     # the held-out 20%
+        assert 0 <= p["z2"]["generated_frac_m_pos"] <= 1
+        assert 0 <= p["memorization"]["generated_copy_fraction"] <= 1
+        assert len(p["G"]["mcmc"]) == len(p["G"]["generated"]) == 9
+        assert sum(p["histograms"]["e"]["mcmc"]) == pytest.approx(1.0)
+    lt = m["latent"]
+    assert _finite(lt["tc_estimate"]) and _finite(lt["tc_error"]) and lt["method"]
+    c = m["cost"]
+    assert _finite(c["train_seconds"]) and c["train_seconds"] > 0
+    for r in c["per_temperature"]:
+        for alg in ("metropolis", "wolff"):
+            assert r[alg]["s_per_sweep"] > 0 and r[alg]["tau_e"] >= 0.4
+        assert r["generator_s_per_sample"] > 0
+        best = r[r["best_mcmc"]]["s_per_independent"]
+        assert best == min(r["metropolis"]["s_per_independent"],
+                           r["wolff"]["s_per_independent"])
+        if r["break_even_samples"] is not None:  # train + n·t_gen = n·t_mcmc
+            n = r["break_even_samples"]
+            assert c["train_seconds"] + n * r["generator_s_per_sample"] == pytest.approx(n * best)
+        else:
+            assert r["generator_s_per_sample"] >= best
+    assert _finite(m["fidelity"])
+    assert "T=1.6000 (1/8)" in stdout and f"report: {out / 'index.html'}" in stdout
+
+
+def test_every_picture_is_written_nonempty_and_shown_in_the_html(cli_report):
+    out, m, _ = cli_report
+    assert set(m["pictures"]) == PICTURES
+    page = (out / "index.html").read_text()
+    for name in PICTURES:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+        assert f"src='{name}'" in page
+    assert "Cost per independent sample" in page and "Latent space" in page
+
+
+def test_noise_floor_is_small_and_a_random_spin_generator_is_flagged(pt_file, ae_run):
+    """Independent random spins (the decoder's last layer zeroed: p = 1/2 everywhere) have
+    e ≈ 0 where MCMC has e ≈ -1.93 at T = 1.6, so W1(e) ≈ 1.9. The MCMC-vs-MCMC floor is
+    ~σ_e/√n_eff: σ_e ≤ 0.1 here and n_eff ≳ 50 give ≲ 0.02, so 0.05 bounds it with margin
+    (|m| near Tc: σ ≈ 0.2, bound 0.1)."""
+    loaded = evaluate.load_run(ae_run)
+    model = loaded["model"]
+    last = [mod for mod in model.decoder.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    m = evaluate.evaluate_model(model, pt_file, 1000, extra=loaded["extra"], latent=False)
+    for p in m["per_temperature"]:
+        assert p["noise_floor"]["w1_e"] < 0.05 and p["noise_floor"]["w1_abs_m"] < 0.1, p["T"]
+        assert abs(p["generated"]["e"][0]) < 0.02          # independent spins: <e> = 0
+    low = m["per_temperature"][0]
+    assert low["T"] == pytest.approx(1.6)
+    assert low["w1_e"] > 1.5 and low["w1_e_over_floor"] > 50
+    assert abs(low["z"]["e"]) > 20
+    good = evaluate.evaluate_model(evaluate.load_run(ae_run)["model"], pt_file, 1000,
+                                   extra=loaded["extra"], latent=False)
+    assert evaluate.physics_fidelity(good) < evaluate.physics_fidelity(m)
+
+
+def test_latent_tc_of_a_trained_ae_lands_near_tc(cli_report):
+    """Tolerance: the ladder spacing near Tc is 0.22-0.25, so a peak located through three
+    ladder points is good to about half a spacing (0.12); on L = 16 the |m| susceptibility
+    peaks above Tc (its finite-size shift, which the MCMC estimator on the same ladder shows
+    to be ≈ +0.15). Hence |Tc_latent - Tc| < 0.15 + 0.12 ≈ 0.3 and, against the MCMC peak
+    on the same ladder, < 0.12. The AE's code is nearly linear in m (seed 000)."""
+    lt = cli_report[1]["latent"]
+    assert abs(lt["tc_estimate"] - TC) < 0.3, lt
+    assert abs(lt["tc_estimate"] - lt["mcmc_chi_peak"]["tc_estimate"]) < 0.12, lt
+    assert 0 < lt["tc_error"] < 0.12 and not lt["peak_at_edge"]
+    assert abs(lt["corr_z1_m"]) > 0.9 and lt["r_linear_m"] > 0.9
+
+
+class CopyingGenerator:
+    """A 'generator' that returns training configurations verbatim (memorization = 1)."""
+
+    def __init__(self, pt_file, L):
+        self.cfg = ModelConfig(family="dcgan", L=L)
+        with h5py.File(pt_file, "r") as f:
+            self.temps = f["temperatures"][()]
+            self.train = f["spins"][:, :1600]          # default split: the first 80%
+
+    def sample(self, n, T, mode=None, generator=None):
+        r = int(np.argmin(np.abs(self.temps - T)))
+        pick = np.random.default_rng(0).integers(0, self.train.shape[1], n)
+        return torch.from_numpy(self.train[r, pick])
+
+
+def test_memorization_default_split_and_a_correct_sampler_scores_near_one(pt_file):
+    """The copying generator draws from the right distribution (earlier MCMC samples), so
+    its W1 should sit at the noise floor: fidelity ≈ 1 (measured 1.01-1.04; per-T ratios
+    scatter 0.3-2, the mean over 16 of them is good to ~±0.3)."""
+    m = evaluate.evaluate_model(CopyingGenerator(pt_file, 16), pt_file, 300)
+    assert "fractions 0.8/0.1/0.1" in m["split"]["source"]
+    assert m["split"]["range"] == [1600, 2000]
+    assert m["latent"]["tc_estimate"] is None and "no encoder" in m["latent"]["method"]
+    for p in m["per_temperature"]:
+        assert p["memorization"]["generated_copy_fraction"] == 1.0
+        if p["T"] > 2.3:   # below Tc whole ordered lattices recur: copies without memorizing
+            assert p["memorization"]["mcmc_copy_fraction"] < 0.05
+    assert 0.5 < evaluate.physics_fidelity(m) < 2.0
+
+
+@pytest.mark.parametrize("family", ["cvae", "wgan-gp"])
+def test_conditional_models_evaluate_with_pictures(pt_file, tmp_path, family):
+    torch.manual_seed(0)
+    model = build_model({"family": family, "L": 16, "hidden": [32], "latent_dim": 3})
+    m = evaluate.evaluate_model(model, pt_file, 200, tmin=2.0, tmax=2.7, pictures=True,
+                                out=tmp_path)
+    assert [round(p["T"], 3) for p in m["per_temperature"]] == [2.153, 2.378, 2.625]
+    want = {"observables.png", "distances.png", "histograms.png", "correlation.png",
+            "samples.png"}
+    if family == "cvae":
+        want |= {"reconstructions.png", "interpolation.png", "latent_scatter.png",
+                 "latent_tc.png", "decoded_grid.png"}
+    assert set(m["pictures"]) == want
+    assert all((tmp_path / n).stat().st_size > 5000 for n in want)
+
+
+# ------------------------------------------------------------------------------ Tune hooks
+def test_tune_score_and_heatmap(pt_file, ae_run, tmp_path):
+    score = evaluate.score_trial({"model": str(ae_run / "model.pt"), "data": str(pt_file)},
+                                 n_samples=300)
+    assert _finite(score) and score > 0
+    table = tmp_path / "results.csv"
+    with open(table, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "latent_dim", "kl_weight", "score"])
+        for i, (d, kl, s) in enumerate([(2, 0.0, 40.0), (2, 1.0, 3.0), (8, 0.0, 12.0),
+                                        (8, 1.0, 1.5), (8, 100.0, "")]):
+            w.writerow([i + 1, d, kl, s])
+    name = report.tune_heatmap(table, tmp_path / "heat.png")
+    assert name == "heat.png" and (tmp_path / "heat.png").stat().st_size > 5000
+    with pytest.raises(ValueError, match="no column 'fidelity'"):
+        report.tune_heatmap(table, tmp_path / "x.png", metric="fidelity")
+
+
+def test_finite_size_extrapolation_recovers_tc(tmp_path):
+    runs = [{"L": L, "latent": {"tc_estimate": TC + 1.5 / L, "tc_error": 0.01,
+                                "mcmc_chi_peak": {"tc_estimate": TC + 2.0 / L, "tc_error": 0.01}},
+             "report_dir": str(tmp_path / f"L{L}")} for L in (8, 16, 32)]
+    fss = evaluate.finite_size(runs)
+    assert fss["extrapolation"]["tc_inf"] == pytest.approx(TC, abs=1e-9)
+    assert fss["extrapolation"]["slope"] == pytest.approx(1.5)
+    assert fss["mcmc_extrapolation"]["tc_inf"] == pytest.approx(TC, abs=1e-9)
+    report.write_fss(tmp_path, fss)
+    assert (tmp_path / "fss.png").stat().st_size > 5000
+    assert "L=16" in (tmp_path / "index.html").read_text()
+
+
+# ------------------------------------------------------------------------------ errors
+def _cli_error(capsys, out, *argv) -> str:
+    assert evaluate.main([*argv, "--out", str(out / "report")]) == 2
+    assert not (out / "report").exists()            # nothing written for a refused run
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_clear_errors(capsys, pt_file, ae_run, tmp_path):
+    err = _cli_error(capsys, tmp_path, "--data", str(tmp_path / "nope.h5"), "--model", str(ae_run))
+    assert "does not exist" in err and "ising_dist.pt" in err
+    err = _cli_error(capsys, tmp_path, "--data", str(pt_file), "--model", str(tmp_path / "nope"))
+    assert "does not exist" in err
+    err = _cli_error(capsys, tmp_path, "--data", str(pt_file), "--model", str(tmp_path))
+    assert "without model.pt" in err
+    err = _cli_error(capsys, tmp_path, "--data", str(pt_file), "--model", str(pt_file))
+    assert "not an ising_dist model file" in err
+    err = _cli_error(capsys, tmp_path, "--data", str(ae_run / "metrics.csv"), "--model",
+                     str(ae_run))
+    assert "not a readable HDF5 file" in err
+    small = tmp_path / "l8"
+    small.mkdir()
+    save_model(small / "model.pt", build_model({"family": "ae", "L": 8, "hidden": [8]}))
+    err = _cli_error(capsys, tmp_path, "--data", str(pt_file), "--model", str(small), "--no-cost")
+    assert "L=8" in err and "L=16" in err
+    err = _cli_error(capsys, tmp_path, "--data", str(pt_file), "--model", str(ae_run),
+                     "--temperatures", "2.5")
+    assert "2.5 is not in" in err
+    err = _cli_error(capsys, tmp_path, "--data", str(pt_file), str(pt_file), "--model", str(ae_run))
+    assert "one model per data file" in err
