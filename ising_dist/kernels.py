@@ -119,16 +119,13 @@ def _metropolis_serial(spins, thr4, thr8, key, sweep, out):
 
 
 @njit(inline="always")
-def _neighbour(site, k, L):
+def _neighbours(site, L):
+    """The four periodic neighbours of flat index site (row-major L×L)."""
     i = site // L
     j = site - i * L
-    if k == 0:
-        return (i - 1 if i > 0 else L - 1) * L + j
-    if k == 1:
-        return (i + 1 if i + 1 < L else 0) * L + j
-    if k == 2:
-        return i * L + (j - 1 if j > 0 else L - 1)
-    return i * L + (j + 1 if j + 1 < L else 0)
+    row = i * L
+    return ((i - 1 if i > 0 else L - 1) * L + j, (i + 1 if i + 1 < L else 0) * L + j,
+            row + (j - 1 if j > 0 else L - 1), row + (j + 1 if j + 1 < L else 0))
 
 
 @njit(cache=True)
@@ -152,9 +149,7 @@ def _wolff_cluster(spins, padd, key, counter, stack, members, mark):
     n = 1
     while top > 0:
         top -= 1
-        site = stack[top]
-        for k in range(4):
-            nb = _neighbour(site, k, L)
+        for nb in _neighbours(stack[top], L):
             if not mark[nb] and flat[nb] == s0:
                 r = rand64(key, counter) >> _S32
                 counter += _ONE
@@ -168,8 +163,7 @@ def _wolff_cluster(spins, padd, key, counter, stack, members, mark):
     for c in range(n):
         flat[members[c]] = -s0
     for c in range(n):
-        for k in range(4):
-            nb = _neighbour(members[c], k, L)
+        for nb in _neighbours(members[c], L):
             if not mark[nb]:
                 # bond to an outside spin: energy -s0·s_nb before, +s0·s_nb after
                 de += 2 * np.int64(s0) * np.int64(flat[nb])
