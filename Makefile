@@ -10,9 +10,39 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPIR_CVAR_CH4_PROGRESS_THROTTLE := 1
 
-.PHONY: setup demo test test-fast bench clean
+# The cluster option: parallel HDF5 (h5py over Debian's MPICH + libhdf5-mpich) in a venv of its
+# own, for `--writer collective`. The default venv keeps PyPI MPICH + serial h5py.
+PVENV  := .venv-parallel
+PSTAMP := $(PVENV)/.installed
+APT_PARALLEL := mpich libmpich-dev libhdf5-mpich-dev pkg-config
 
-setup: $(STAMP)
+NATIVE := build/libising_kernels.so
+
+.PHONY: setup setup-parallel demo test test-fast bench clean
+
+setup: $(STAMP) $(NATIVE)
+
+# the native C kernels (hpc/): CMake finds the venv's MPI and python; `--backend auto` uses them
+$(NATIVE): $(STAMP) CMakeLists.txt $(wildcard hpc/*.c hpc/*.h)
+	cmake -S . -B build -DISING_PYTHON=$(CURDIR)/$(PY) > build.log 2>&1 || { cat build.log; exit 1; }
+	cmake --build build -j 2 >> build.log 2>&1 || { cat build.log; exit 1; }
+
+setup-parallel: $(PSTAMP)
+
+$(PSTAMP): pyproject.toml
+	@dpkg -s $(APT_PARALLEL) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PARALLEL); }
+	test -x $(PVENV)/bin/python || $(PYTHON) -m venv $(PVENV)
+	$(PVENV)/bin/python -m pip install -q --upgrade pip
+	$(PVENV)/bin/python -m pip install -q numpy==2.4.6 numba==0.68.1 scipy==1.17.1 \
+	  pyyaml==6.0.3 tqdm==4.70.1 "Cython>=3" pkgconfig "setuptools>=77" wheel
+	MPICC=/usr/bin/mpicc.mpich $(PVENV)/bin/python -m pip install -q --no-binary=mpi4py mpi4py==4.1.2
+	# --no-build-isolation: otherwise the build compiles an mpi4py of its own (and ate 21 GB)
+	CC=/usr/bin/mpicc.mpich HDF5_MPI=ON HDF5_PKGCONFIG_NAME=hdf5-mpich $(PVENV)/bin/python -m pip \
+	  install -q --no-build-isolation --no-binary=h5py h5py==3.16.0
+	$(PVENV)/bin/python -m pip install -q --no-deps -e .
+	$(PVENV)/bin/python -c "import h5py; assert h5py.get_config().mpi, 'h5py without MPI'"
+	touch $@
 
 $(STAMP): pyproject.toml
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
@@ -27,10 +57,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	NUMBA_NUM_THREADS=1 mpiexec -n 2 $(PY) -m ising_dist.pt --config configs/pt/demo.yaml --overwrite
 
-test: setup
+test: setup setup-parallel
+	ctest --test-dir build -L '^(c|mpi)$$' --output-on-failure
 	$(PY) -m pytest
 
-test-fast: setup
+test-fast: setup setup-parallel
 	$(PY) -m pytest -m "not validation"
 
 bench: setup

@@ -126,6 +126,7 @@ def to_yaml(obj):
 
 LADDERS = ("geometric", "linear", "adaptive")
 WRITERS = ("auto", "gather", "collective")
+BACKENDS = ("auto", "native", "numba")
 
 
 @dataclass
@@ -149,6 +150,7 @@ class PTConfig:
     checkpoint_every: int = 1000
     start: str = "hot"
     writer: str = "auto"
+    backend: str = "auto"
     adapt_every: int = 20
     progress: bool = True
 
@@ -192,6 +194,8 @@ class PTConfig:
              f"use sweeps={self.sweeps - self.sweeps % self.sample_every + self.sample_every}")
         need(self.start in ("hot", "cold"), f"start={self.start!r}: choose hot or cold")
         need(self.writer in WRITERS, f"writer={self.writer!r}: choose one of {', '.join(WRITERS)}")
+        need(self.backend in BACKENDS,
+             f"backend={self.backend!r}: choose one of {', '.join(BACKENDS)}")
         need(bool(self.out), "out is empty: give the HDF5 output path, e.g. --out runs/pt.h5")
 
     def ladder_temperatures(self):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import kernels, native
 
 ALGORITHMS = ("metropolis", "wolff", "hybrid")
 
@@ -96,29 +96,32 @@ class Chains:
     counters: np.ndarray
     energy: np.ndarray
     magnet: np.ndarray
+    backend: str = None  # "native", "numba", "auto"; None: $ISING_BACKEND, else auto
 
     def __post_init__(self):
+        self.kern = native.select_backend(self.backend)
         self.keys, self.wkeys, _ = stream_keys(self.seed, self.replica_ids)
         self.flipped = np.zeros(len(self.replica_ids), np.int64)
 
     @classmethod
-    def create(cls, L, seed, replica_ids, start="hot"):
+    def create(cls, L, seed, replica_ids, start="hot", backend=None):
         check_size(L)
         ids = np.asarray(replica_ids, dtype=np.int64)
         _, _, ikeys = stream_keys(seed, ids)
         spins = np.stack([initial_lattice(L, k, start) for k in ikeys]) if len(ids) else \
             np.zeros((0, L, L), np.int8)
-        return cls.from_state(seed, ids, spins, np.zeros(len(ids), np.uint64))
+        return cls.from_state(seed, ids, spins, np.zeros(len(ids), np.uint64), backend)
 
     @classmethod
-    def from_state(cls, seed, replica_ids, spins, counters):
+    def from_state(cls, seed, replica_ids, spins, counters, backend=None):
         """Rebuild from checkpointed spins and Wolff counters (energies are recomputed)."""
         spins = np.ascontiguousarray(spins)
         if spins.size:
             check_lattice(spins)
         em = np.array([kernels.energy_magnetization(s) for s in spins], np.int64).reshape(-1, 2)
         return cls(int(seed), np.asarray(replica_ids, np.int64), spins,
-                   np.asarray(counters, np.uint64).copy(), em[:, 0].copy(), em[:, 1].copy())
+                   np.asarray(counters, np.uint64).copy(), em[:, 0].copy(), em[:, 1].copy(),
+                   backend)
 
     @property
     def L(self):
@@ -148,7 +151,7 @@ class Chains:
                              "counts must be >= 0 and each step must do some work")
         thr = kernels.metropolis_thresholds(betas)
         padd = kernels.wolff_threshold(betas)
-        kernels.advance_replicas(self.spins, thr, padd, self.keys, self.wkeys, self.counters,
+        self.kern.advance_replicas(self.spins, thr, padd, self.keys, self.wkeys, self.counters,
                                  int(sweep0), int(n_sweeps), int(n_metropolis), n_wolff,
                                  self.energy, self.magnet, self.flipped)
 

@@ -34,14 +34,14 @@ import h5py
 import numpy as np
 
 from . import config as cfgmod
-from . import kernels, observables
+from . import kernels, native, observables
 from .config import ConfigError, PTConfig
 from .engine import Chains, clusters_per_sweep
 from .mpi import world
 from .store import (CollectiveWriter, GatherWriter, RunWriter, StoreError, open_read,
                     stored_config)
 
-RESUME_MAY_CHANGE = ("out", "progress", "sweeps", "checkpoint_every")
+RESUME_MAY_CHANGE = ("out", "progress", "sweeps", "checkpoint_every", "backend", "writer")
 
 
 def exchange_key(seed):
@@ -72,7 +72,7 @@ class ParallelTempering:
         self.xkey = exchange_key(cfg.seed)
         ids = np.array_split(np.arange(R), comm.size)[comm.rank]
         if ckpt is None:
-            self.chains = Chains.create(L, cfg.seed, ids, start=cfg.start)
+            self.chains = Chains.create(L, cfg.seed, ids, start=cfg.start, backend=cfg.backend)
             self.temps = cfg.ladder_temperatures()
             self.slot_of = np.arange(R, dtype=np.int64)
             self.direction = np.zeros(R, np.int8)
@@ -85,7 +85,7 @@ class ParallelTempering:
                 self._calibrate_wolff()
         else:
             self.chains = Chains.from_state(cfg.seed, ids, ckpt["spins"][ids],
-                                            ckpt["counters"][ids])
+                                            ckpt["counters"][ids], backend=cfg.backend)
             self.temps = ckpt["temperatures"].copy()
             self.slot_of = ckpt["slot_of"].copy()
             self.direction = ckpt["direction"].copy()
@@ -290,6 +290,8 @@ def parse_args(argv):
     p.add_argument("--out", help="HDF5 output path")
     p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
     p.add_argument("--writer", choices=cfgmod.WRITERS)
+    p.add_argument("--backend", choices=cfgmod.BACKENDS,
+                   help="kernels: native (C, built by CMake), numba, or auto (native if built)")
     p.add_argument("--start", choices=("hot", "cold"))
     p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -343,6 +345,9 @@ def setup(args, comm):
             if cfg.replicas < comm.size:
                 raise ConfigError(f"replicas={cfg.replicas} < {comm.size} MPI ranks: every rank "
                                   f"needs a replica; use --replicas {comm.size} or fewer ranks")
+            if cfg.backend == "native" and not native.available():
+                raise ConfigError("backend=native: the native kernel library is not built; "
+                                  f"run `{native.BUILD_HINT}` or use --backend numba")
             if cfg.writer == "collective" and not h5py.get_config().mpi:
                 raise ConfigError(
                     "writer=collective needs h5py built against parallel HDF5 "
@@ -373,9 +378,11 @@ def main(argv=None):
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if comm.size > 1 and "NUMBA_NUM_THREADS" not in os.environ:
-        import numba
-        numba.set_num_threads(1)  # one core per rank unless the user splits threads on purpose
+    if comm.size > 1:  # one core per rank unless the user splits threads on purpose
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # native kernels (read at library load)
+        if "NUMBA_NUM_THREADS" not in os.environ:
+            import numba
+            numba.set_num_threads(1)
     args = parse_args(argv)
     try:
         if args.dry_run:
@@ -408,7 +415,8 @@ def main(argv=None):
             print(summary_table(cfg.out))
             trips = int(pt.round_trips.sum())
             print(f"done: {pt.total} sweeps of {cfg.replicas} replicas (L={cfg.L}) on "
-                  f"{comm.size} rank(s) in {elapsed:.1f} s; replica round trips: {trips}")
+                  f"{comm.size} rank(s) in {elapsed:.1f} s ({pt.chains.kern.name} kernels); "
+                  f"replica round trips: {trips}")
         print(f"output: {os.path.abspath(cfg.out)}", flush=True)
     return 0
 

@@ -1,0 +1,73 @@
+/* Native (C99 + OpenMP) kernels for the 2D Ising model, callable through ctypes.
+ *
+ * Bit-identical to the numba kernels of ising_dist/kernels.py: same lattice layout
+ * (int8 [L, L], ±1, periodic, L even), same counter-based SplitMix64 streams, same order of
+ * random-number use, same integer totals (E = -Σ right+down bonds, M = Σ s).
+ *
+ *   Metropolis: the random number of site (i, j) in sweep t is rand64(key, t·N + i·L + j);
+ *               top 32 bits < thr[0] accepts ΔE = 4, < thr[1] accepts ΔE = 8. The kernels
+ *               require thr[1] <= thr[0], which floor(exp(-βΔE)·2^32) satisfies for β > 0.
+ *   Wolff:      a sequential stream rand64(wkey, counter++), counter owned by the caller.
+ *
+ * All functions return 0 on success or a negative ISING_E* code; they never print or exit.
+ * n_threads <= 0 means "OpenMP's default" (OMP_NUM_THREADS or the number of cores).
+ */
+#ifndef ISING_KERNELS_H
+#define ISING_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ISING_ABI_VERSION 1
+
+#define ISING_OK 0
+#define ISING_EBADSIZE (-1)   /* L odd or L < 2 */
+#define ISING_ENOMEM (-2)     /* work-array allocation failed */
+#define ISING_EBADARG (-3)    /* negative count or sweep index, or thr8 > thr4 */
+
+/* ABI version of this library (the Python loader refuses a mismatch). */
+int ising_abi_version(void);
+
+/* Threads an OpenMP parallel region would use by default (1 without OpenMP). */
+int ising_max_threads(void);
+
+/* 512 when the AVX-512 row kernels were compiled in, 0 for the portable C99 ones. */
+int ising_simd_width(void);
+
+/* A row-parallel sweep uses at most L·L / n threads (default n = 4096: smaller lattices
+ * are faster on one thread). Results do not depend on it. Returns the previous value;
+ * n < 1 leaves it unchanged. Process-wide, not thread-safe: set it before sweeping. */
+int64_t ising_set_min_sites_per_thread(int64_t n);
+
+/* One checkerboard Metropolis sweep of one lattice, rows split over n_threads.
+ * spins int8 [L*L] updated in place; scratch int8 [L*L] work array (its contents are
+ * overwritten); sweep_index >= 0 selects the random numbers (counters sweep_index·N + i·L + j). thr4, thr8: thresholds on a 32-bit uniform for ΔE = 4 and 8.
+ * *de, *dm receive the change of the energy and magnetization totals. */
+int ising_metropolis_sweep(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8,
+                           uint64_t key, int64_t sweep_index, int8_t *scratch, int n_threads,
+                           int64_t *de, int64_t *dm);
+
+/* Advance R independent replicas, equivalent to kernels.advance_replicas:
+ * spins int8 [R, L, L]; thr uint64 [R, 2]; padd uint64 [R]; keys, wkeys uint64 [R];
+ * counters uint64 [R] (Wolff stream positions, updated); n_wolff int64 [R];
+ * energy, magnet, flipped int64 [R] running totals (updated).
+ * One step = n_metropolis sweeps with indices (sweep0 + t)·n_metropolis + k, then
+ * n_wolff[r] Wolff clusters. Replicas are split over threads; when there are fewer
+ * replicas than threads the Metropolis sweeps are row-parallel instead. */
+int ising_advance_replicas(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr,
+                           const uint64_t *padd, const uint64_t *keys, const uint64_t *wkeys,
+                           uint64_t *counters, int64_t sweep0, int64_t n_sweeps,
+                           int64_t n_metropolis, const int64_t *n_wolff, int64_t *energy,
+                           int64_t *magnet, int64_t *flipped, int n_threads);
+
+/* Totals of one lattice: *e = -Σ s_ij (s_i,j+1 + s_i+1,j), *m = Σ s_ij. */
+int ising_energy_magnetization(const int8_t *spins, int64_t L, int64_t *e, int64_t *m);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,252 @@
+"""The native (C/OpenMP) kernels against the numba ones, and against exact physics.
+
+Contract: for the same (key, sweep) the native backend produces bit-identical lattices and
+the same integer (E, M) totals as ising_dist.kernels, whatever the number of threads; so
+every physics test of the numba kernels also holds for it. One chi-square test against
+exact enumeration checks the physics directly.
+
+Tests that need the library are skipped when it is not built (build it with
+`cmake -S . -B build && cmake --build build`; CTest sets ISING_NATIVE_LIB).
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ising_dist import exact, kernels, native
+from ising_dist.engine import initial_lattice, stream_keys
+
+REPO = Path(__file__).resolve().parent.parent
+needs_lib = pytest.mark.skipif(
+    not native.available(),
+    reason=f"native library not built: run `{native.BUILD_HINT}` from the repository root "
+           f"(or set ISING_NATIVE_LIB)")
+
+
+@pytest.fixture
+def thread_small_lattices():
+    """Row-parallel sweeps even for tiny lattices (the library normally keeps them on one
+    thread), so that the threaded code path is what gets compared."""
+    lib = native.library()
+    old = lib.ising_set_min_sites_per_thread(1)
+    yield
+    lib.ising_set_min_sites_per_thread(old)
+
+
+def hot(L, seed):
+    return (2 * np.random.default_rng(seed).integers(0, 2, (L, L)) - 1).astype(np.int8)
+
+
+# ------------------------------------------------------------------ bit-identity: sweeps
+@needs_lib
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("L", [2, 4, 6, 8, 64, 66, 130])
+def test_metropolis_sweep_is_bit_identical_to_numba(L, n_threads, thread_small_lattices):
+    # beta 0.1: thresholds above 2^31 take the kernel's exact-comparison path
+    for seed, beta in [(1, 0.1), (2, 0.4406868), (3, 1.0), (4, 25.0)]:
+        key = np.uint64(stream_keys(seed, [L])[0][0])
+        a = hot(L, seed)
+        b = a.copy()
+        sa, sb = np.empty_like(a), np.empty_like(b)
+        thr = kernels.metropolis_thresholds(beta)
+        E, M = kernels.energy_magnetization(b)
+        for t in range(6):
+            sweep = 1000 * seed + t
+            ref = kernels.metropolis_sweep(a, thr, key, sweep, sa)
+            got = native.metropolis_sweep(b, thr, key, sweep, sb, n_threads=n_threads)
+            assert np.array_equal(a, b), f"L={L} beta={beta} sweep {sweep}: lattices differ"
+            assert got == ref, f"L={L} beta={beta} sweep {sweep}: (dE, dM) {got} != {ref}"
+            E, M = E + got[0], M + got[1]
+        assert (E, M) == native.energy_magnetization(b) == kernels.energy_magnetization(b)
+
+
+# ------------------------------------------------------- bit-identity: batched advance
+def make_batch(L, R, seed, betas):
+    keys, wkeys, ikeys = stream_keys(seed, range(R))
+    spins = np.stack([initial_lattice(L, k) for k in ikeys])
+    thr = np.stack([kernels.metropolis_thresholds(b) for b in betas])
+    padd = np.array([kernels.wolff_threshold(b) for b in betas], np.uint64)
+    em = np.array([kernels.energy_magnetization(s) for s in spins], np.int64).reshape(R, 2)
+    return dict(spins=spins, thr=thr, padd=padd, keys=keys, wkeys=wkeys,
+                counters=np.arange(R, dtype=np.uint64) * 7, energy=em[:, 0].copy(),
+                magnet=em[:, 1].copy(), flipped=np.zeros(R, np.int64))
+
+
+def advance(fn, batch, sweep0, n_sweeps, n_metropolis, n_wolff, **kw):
+    b = {k: v.copy() for k, v in batch.items()}
+    fn(b["spins"], b["thr"], b["padd"], b["keys"], b["wkeys"], b["counters"], sweep0, n_sweeps,
+       n_metropolis, n_wolff, b["energy"], b["magnet"], b["flipped"], **kw)
+    return b
+
+
+@needs_lib
+@pytest.mark.parametrize("algorithm", ["metropolis", "wolff", "hybrid"])
+@pytest.mark.parametrize("L,R", [(2, 3), (4, 1), (16, 5), (64, 2)])
+def test_advance_replicas_is_bit_identical_to_numba(algorithm, L, R, thread_small_lattices):
+    betas = np.linspace(0.25, 0.6, R)
+    batch = make_batch(L, R, seed=11, betas=betas)
+    n_metropolis = {"metropolis": 1, "wolff": 0, "hybrid": 2}[algorithm]
+    n_wolff = np.zeros(R, np.int64) if algorithm == "metropolis" else \
+        (np.arange(R, dtype=np.int64) % 3) + 1
+    ref = advance(kernels.advance_replicas, batch, 5, 9, n_metropolis, n_wolff)
+    for n_threads in (1, 2, 3):
+        got = advance(native.advance_replicas, batch, 5, 9, n_metropolis, n_wolff,
+                      n_threads=n_threads)
+        for name in ("spins", "counters", "energy", "magnet", "flipped"):
+            assert np.array_equal(got[name], ref[name]), \
+                f"{algorithm} L={L} R={R} threads={n_threads}: {name} differs"
+    for k in range(R):
+        assert (got["energy"][k], got["magnet"][k]) == \
+            kernels.energy_magnetization(got["spins"][k])
+
+
+@needs_lib
+def test_omp_num_threads_does_not_change_results():
+    """Default thread count from OMP_NUM_THREADS (1 and 2) in fresh processes."""
+    script = textwrap.dedent("""
+        import hashlib, numpy as np
+        from ising_dist import kernels, native
+        native.library().ising_set_min_sites_per_thread(1)
+        L = 96
+        s = (2 * np.random.default_rng(5).integers(0, 2, (L, L)) - 1).astype(np.int8)
+        sc = np.empty_like(s)
+        thr = kernels.metropolis_thresholds(0.44)
+        tot = [native.metropolis_sweep(s, thr, np.uint64(123456789), t, sc) for t in range(7)]
+        print(native.max_threads(), hashlib.sha256(s.tobytes()).hexdigest(), tot)
+    """)
+    s = hot(96, 5)
+    sc = np.empty_like(s)
+    thr = kernels.metropolis_thresholds(0.44)
+    tot = [kernels.metropolis_sweep(s, thr, np.uint64(123456789), t, sc) for t in range(7)]
+    expected = f"{hashlib.sha256(s.tobytes()).hexdigest()} {tot}"
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE")
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        n, rest = out.split(" ", 1)
+        assert n == threads
+        assert rest == expected, f"OMP_NUM_THREADS={threads}: result differs from numba"
+
+
+# ------------------------------------------------------------------------------ physics
+@needs_lib
+@pytest.mark.parametrize("algorithm", ["metropolis", "hybrid"])
+def test_l4_matches_exact_enumeration_at_tc(algorithm):
+    """Chi-square of the joint (E, |M|) histogram of native chains at T = 2.269, L = 4,
+    against exact enumeration; 128 independent chains sampled every 4 sweeps (several τ at
+    L = 4, so the samples are nearly independent and the chi-square is honest)."""
+    L, N, T, R = 4, 16, 2.269, 128
+    batch = make_batch(L, R, seed=3, betas=np.full(R, 1.0 / T))
+    n_metropolis, n_wolff = (1, np.zeros(R, np.int64)) if algorithm == "metropolis" else \
+        (1, np.ones(R, np.int64))
+    b = advance(native.advance_replicas, batch, 0, 200, n_metropolis, n_wolff)
+    E, A = [], []
+    for k in range(150):
+        native.advance_replicas(b["spins"], b["thr"], b["padd"], b["keys"], b["wkeys"],
+                                b["counters"], 200 + 4 * k, 4, n_metropolis, n_wolff, b["energy"],
+                                b["magnet"], b["flipped"])
+        E.append(b["energy"].copy())
+        A.append(np.abs(b["magnet"]))
+    E, A = np.concatenate(E), np.concatenate(A)
+    Ex, Ax, p = exact.exact_distribution(L, T)
+    index = {(e, a): k for k, (e, a) in enumerate(zip(Ex, Ax))}
+    observed = np.zeros(len(p))
+    for e, a in zip(E, A):
+        observed[index[(e, a)]] += 1  # a KeyError would be an impossible state
+    expected = observed.sum() * p
+    keep = expected >= 5  # pool the rare states into one bin
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp_ = np.append(expected[keep], expected[~keep].sum())
+    chi2 = ((obs - exp_) ** 2 / exp_).sum()
+    pvalue = stats.chi2.sf(chi2, len(obs) - 1)
+    assert pvalue > 1e-3, f"{algorithm}: chi2={chi2:.1f} dof={len(obs) - 1} p={pvalue:.2g}"
+    e = np.array(E).reshape(150, R).T / N
+    lag1 = np.mean([np.corrcoef(row[:-1], row[1:])[0, 1] for row in e])
+    assert lag1 < 0.3, f"lag-1 autocorrelation {lag1:.2f}: samples too correlated"
+
+
+# ---------------------------------------------------------------------------- bad input
+@needs_lib
+def test_bad_inputs_raise_value_error():
+    thr = kernels.metropolis_thresholds(0.4)
+    good = np.ones((4, 4), np.int8)
+    sc = np.empty_like(good)
+    cases = [
+        (np.ones((5, 5), np.int8), sc, "even"),                    # odd L
+        (np.ones((4, 4), np.int32), sc, "int8"),                   # wrong dtype
+        (np.ones((4, 6), np.int8), sc, "square"),                  # not square
+        (np.ones((8, 8), np.int8)[::2, ::2], sc, "contiguous"),    # a strided view
+        (good, np.empty((2, 2), np.int8), "scratch"),              # wrong scratch shape
+        (good, sc.astype(np.int16), "int8"),                       # wrong scratch dtype
+    ]
+    for spins, scratch, message in cases:
+        with pytest.raises(ValueError, match=message):
+            native.metropolis_sweep(spins, thr, np.uint64(1), 0, scratch)
+    with pytest.raises(ValueError, match="uint64"):
+        native.metropolis_sweep(good, thr.astype(np.int64), np.uint64(1), 0, sc)
+    with pytest.raises(ValueError, match="sweep"):
+        native.metropolis_sweep(good, thr, np.uint64(1), -1, sc)
+    with pytest.raises(ValueError, match="metropolis_thresholds"):
+        native.metropolis_sweep(good, thr[::-1].copy(), np.uint64(1), 0, sc)
+    with pytest.raises(ValueError, match="n_threads"):
+        native.metropolis_sweep(good, thr, np.uint64(1), 0, sc, n_threads=0)
+    ro = good.copy()
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        native.metropolis_sweep(ro, thr, np.uint64(1), 0, sc)
+
+    batch = make_batch(4, 2, seed=1, betas=[0.3, 0.4])
+    nw = np.zeros(2, np.int64)
+    with pytest.raises(ValueError, match="even"):
+        advance(native.advance_replicas, {**batch, "spins": np.ones((2, 3, 3), np.int8)},
+                0, 1, 1, nw)
+    with pytest.raises(ValueError, match="int64"):
+        advance(native.advance_replicas, {**batch, "energy": batch["energy"].astype(float)},
+                0, 1, 1, nw)
+    with pytest.raises(ValueError, match=r"thr of shape"):
+        advance(native.advance_replicas, {**batch, "thr": batch["thr"][:1]}, 0, 1, 1, nw)
+    with pytest.raises(ValueError, match="n_wolff"):
+        advance(native.advance_replicas, batch, 0, 1, 1, np.array([1, -1], np.int64))
+
+
+# --------------------------------------------------------------------- backend selection
+def test_select_backend():
+    numba_kern = native.select_backend("numba")
+    assert numba_kern.name == "numba" and numba_kern.advance_replicas is kernels.advance_replicas
+    auto = native.select_backend("auto")
+    assert auto.name == ("native" if native.available() else "numba")
+    with pytest.raises(ValueError, match="native, numba, auto"):
+        native.select_backend("cuda")
+    if native.available():
+        kern = native.select_backend("native")
+        assert kern.metropolis_sweep is native.metropolis_sweep
+
+
+def test_select_backend_from_environment(monkeypatch):
+    monkeypatch.setenv("ISING_BACKEND", "numba")
+    assert native.select_backend().name == "numba"
+    monkeypatch.setenv("ISING_BACKEND", "")
+    assert native.select_backend().name == native.select_backend("auto").name
+    monkeypatch.setenv("ISING_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="fortran"):
+        native.select_backend()
+
+
+def test_missing_library_names_the_build_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_lib_error", None)
+    monkeypatch.setattr(native, "candidate_paths", lambda: [tmp_path / native.LIB_NAME])
+    assert not native.available()
+    assert native.select_backend("auto").name == "numba"
+    with pytest.raises(RuntimeError, match=r"cmake -S \. -B build && cmake --build build"):
+        native.select_backend("native")
+    with pytest.raises(RuntimeError, match="not built"):
+        native.metropolis_sweep(np.ones((4, 4), np.int8), kernels.metropolis_thresholds(0.4),
+                                np.uint64(1), 0, np.empty((4, 4), np.int8))
