@@ -40,6 +40,7 @@ from .config import ConfigError
 from .train import TrainConfig
 
 EXPERIMENT = "search"
+ASHA_STOPPED = "asha_stopped.txt"   # trial ids that ASHA stopped early, one a line
 TRIAL_DRIVER_CPU = 0.01
 SEARCHES = ("grid", "random")
 SCHEDULERS = ("fifo", "asha")
@@ -194,19 +195,47 @@ def param_space(cfg: SearchConfig, base: TrainConfig) -> dict:
     return {"base": trial_base, "experiment_dir": str(cfg.out_dir / EXPERIMENT), **space}
 
 
+def _recording_asha():
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class RecordingASHA(ASHAScheduler):
+        """ASHA that writes the trials it stops early to a file: after a Ctrl-C, Tune reports
+        every trial as terminated, so "stopped by ASHA" must be known from elsewhere."""
+
+        def __init__(self, record: Path, **kw):
+            super().__init__(**kw)
+            self.record = str(record)
+
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP:
+                with open(self.record, "a") as fh:
+                    fh.write(trial.trial_id + "\n")
+            return decision
+    return RecordingASHA
+
+
+def expected_trials(cfg: SearchConfig) -> int:
+    if cfg.search == "grid":
+        return len(cfg.latent_dims) * len(cfg.kl_weights) * cfg.num_samples
+    return cfg.num_samples
+
+
 def _tuner(cfg: SearchConfig, base: TrainConfig, concurrency: int, resume: bool):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    RecordingASHA = _recording_asha()
 
     trainable = tune.with_resources(trial, {"cpu": TRIAL_DRIVER_CPU})
     path = cfg.out_dir / EXPERIMENT
     if resume:
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
-    scheduler = FIFOScheduler() if cfg.scheduler == "fifo" else ASHAScheduler(
-        time_attr="epoch", max_t=base.epochs, grace_period=cfg.grace_period,
-        reduction_factor=cfg.reduction_factor)
+    scheduler = FIFOScheduler() if cfg.scheduler == "fifo" else RecordingASHA(
+        cfg.out_dir / ASHA_STOPPED, time_attr="epoch", max_t=base.epochs,
+        grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
     return tune.Tuner(
         trainable, param_space=param_space(cfg, base),
         tune_config=tune.TuneConfig(metric="val_recon", mode="min", scheduler=scheduler,
@@ -233,7 +262,9 @@ def trial_rows(out_dir: Path) -> list[dict]:
             ckpts[-1] / "model.pt" if ckpts else None)
         rows.append({
             "trial": "_".join(run_dir.parent.name.split("_")[:3]),  # trial_<exp>_<index>
-            "trial_dir": str(run_dir.parent), "latent_dim": int(tcfg.model["latent_dim"]),
+            "trial_dir": str(run_dir.parent),
+            "trial_id": "_".join(run_dir.parent.name.split("_")[1:3]),
+            "latent_dim": int(tcfg.model["latent_dim"]),
             "kl_weight": float(tcfg.model["kl_weight"]), "epochs": epochs,
             "status": ("complete" if epochs >= tcfg.epochs else
                        "stopped" if epochs > 0 else "no epoch"),
@@ -314,8 +345,14 @@ def run(cfg: SearchConfig, resume: bool = False) -> dict:
         (out_dir / "config.yaml").write_text(cfgmod.to_yaml(cfg))
     tuner = _tuner(cfg, base, concurrency, resume)
     grid = tuner.fit()
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
     rows = rank(trial_rows(out_dir), cfg.rank_by)
+    # Done = complete, stopped by ASHA, or errored. Tune's own statuses cannot tell: after a
+    # Ctrl-C it reports every trial as terminated, so count from the trial directories.
+    asha = out_dir / ASHA_STOPPED
+    stopped = set(asha.read_text().split()) if asha.is_file() else set()
+    complete = sum(r["status"] == "complete" for r in rows)
+    early = sum(r["status"] != "complete" and r["trial_id"] in stopped for r in rows)
+    unfinished = max(0, expected_trials(cfg) - complete - early - grid.num_errors)
     write_tables(out_dir, rows, cfg.rank_by)
     best = keep_best(out_dir, rows) if unfinished == 0 else None
     return {"rows": rows, "best": best, "unfinished": unfinished, "errors": grid.num_errors,
@@ -340,7 +377,7 @@ def locate_preset(train: str, tune_config) -> str:
     """The train preset path as given if it exists from here, else relative to a folder above
     the tune config (so configs/train/x.yaml works from any working directory)."""
     if Path(train).is_absolute() or Path(train).exists():
-        return train
+        return str(Path(train).absolute())
     for parent in Path(tune_config).absolute().parents:
         if (parent / train).is_file():
             return str(parent / train)

@@ -1,0 +1,560 @@
+"""Train a generative model on a parallel-tempering file with Ray Train (DDP).
+
+    python -m ising_dist.train --config configs/train/demo.yaml [--data F.h5] [--out DIR]
+                               [--workers N] [--gpus G] [--epochs E] [--resume]
+
+Ray sits at the edge only: :func:`train_loop` (one per worker) is plain PyTorch around
+``ising_dist.models.train_epoch`` / ``evaluate_epoch``; Ray appears in it only to prepare the
+model (DDP, device), to report metrics and to hand over checkpoints. Without a cluster Ray is
+started locally; with ``RAY_ADDRESS`` set, or under ``ray job submit --working-dir . --
+python -m ising_dist.train …``, the run uses that cluster (give absolute --data/--out there).
+
+The run directory (--out, default runs/train/<name>) holds:
+    config.yaml          the resolved TrainConfig (model L filled in, absolute paths)
+    metrics.csv          one row per epoch: train_/val_ recon, kl, total (…), time, samples/s
+    checkpoint_NNNN/     after epoch NNNN: model.pt (a model file) + trainer.pt (optimizer
+                         state, epoch, config, data fingerprint, resumed_at: the epochs the
+                         run restarted from); the newest keep_checkpoints are kept
+    model.pt             the final model: ``ising_dist.models.load_model`` /
+                         ``torch.load(weights_only=True)``, no pickled code
+Resuming (``--resume``) continues from the newest checkpoint; a worker that dies mid-run is
+restarted by Ray (``max_failures``) from the newest checkpoint too. Every epoch reseeds from
+(seed, epoch, rank) and shuffles with DistributedSampler(seed, epoch), so a resumed run
+repeats what an uninterrupted one would have done.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import config as cfgmod
+from .config import ConfigError
+from .data import DataError, make_datasets, same_data
+from .models import ModelConfig, build_model, evaluate_epoch, save_model, train_epoch
+from .models.loop import unwrap
+
+STATE_FORMAT = "ising_dist.train_state"
+STATE_VERSION = 1
+# keys a --resume may change; everything else must match the run being resumed
+RESUME_MAY_CHANGE = ("epochs", "workers", "gpus", "cpus_per_worker", "threads", "max_failures",
+                     "keep_checkpoints", "progress", "out", "data", "chaos_kill_epoch")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Sizes: batch_size is the global batch (split over workers).
+
+    data             the HDF5 file of ``python -m ising_dist.pt`` (absolute under a cluster)
+    out              run directory (default runs/train/<name>)
+    temperatures     train on these ladder temperatures (default: all) …
+    tmin, tmax       … or on the range tmin ≤ T ≤ tmax
+    skip             samples per temperature dropped at the start (burn-in)
+    val_fraction, test_fraction   time-ordered split (see ising_dist.data)
+    model            a ModelConfig mapping (L is taken from the data when left out)
+    workers          Ray Train workers (DDP ranks); gpus per worker (0: CPU, gloo)
+    cpus_per_worker  CPUs Ray reserves per worker; threads: torch threads per worker
+                     (default: cpus_per_worker rounded down, at least 1)
+    max_failures     worker failures Ray recovers from (restarting from the last checkpoint)
+    keep_checkpoints newest checkpoints kept in the run directory
+    chaos_kill_epoch fault drill: the last rank SIGKILLs itself once, in the epoch after
+                     this one's checkpoint, to exercise recovery (leave unset in real runs)
+    """
+    name: str = "demo"
+    data: str = "runs/demo/pt.h5"
+    out: Optional[str] = None
+    temperatures: Optional[list[float]] = None
+    tmin: Optional[float] = None
+    tmax: Optional[float] = None
+    skip: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    model: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1.0e-3
+    seed: int = 0
+    workers: int = 1
+    gpus: float = 0.0
+    cpus_per_worker: float = 1.0
+    threads: Optional[int] = None
+    max_failures: int = 2
+    keep_checkpoints: int = 2
+    progress: bool = True
+    chaos_kill_epoch: Optional[int] = None
+
+    def validate(self) -> None:
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+        need(bool(self.name) and "/" not in self.name,
+             f"name={self.name!r}: give a plain run name (e.g. demo)")
+        need(bool(self.data), "data is empty: give the HDF5 file of `python -m ising_dist.pt`, "
+                              "e.g. --data runs/demo/pt.h5")
+        for key in ("epochs", "batch_size", "workers"):
+            need(getattr(self, key) >= 1, f"{key}={getattr(self, key)}: must be ≥ 1")
+        need(self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints}: must be ≥ 1 "
+                                         f"(resuming needs the newest checkpoint)")
+        need(self.lr > 0, f"lr={self.lr}: the learning rate must be > 0 (e.g. 1.0e-3)")
+        need(self.gpus >= 0, f"gpus={self.gpus}: GPUs per worker must be ≥ 0 (0 trains on CPU)")
+        need(self.cpus_per_worker > 0, f"cpus_per_worker={self.cpus_per_worker}: must be > 0")
+        need(self.threads is None or self.threads >= 1, f"threads={self.threads}: must be ≥ 1")
+        need(self.max_failures >= -1, f"max_failures={self.max_failures}: must be ≥ 0 "
+                                      f"(or -1: retry forever)")
+        need(self.seed >= 0, f"seed={self.seed}: must be ≥ 0")
+        need(self.chaos_kill_epoch is None or self.chaos_kill_epoch >= 1,
+             f"chaos_kill_epoch={self.chaos_kill_epoch}: must be ≥ 1 (or unset)")
+        need(self.skip >= 0, f"skip={self.skip}: must be ≥ 0")
+        need(self.batch_size >= self.workers,
+             f"batch_size={self.batch_size} < workers={self.workers}: the global batch is split "
+             f"over the workers; use batch_size ≥ {self.workers}")
+        need(not (self.temperatures is not None and (self.tmin is not None
+                                                     or self.tmax is not None)),
+             "give either temperatures (a list) or tmin/tmax (a range), not both")
+        need(0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+             and self.val_fraction + self.test_fraction < 1,
+             f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: each in "
+             f"[0, 1), together below 1")
+        need(self.val_fraction > 0, "val_fraction=0 leaves no validation data; use e.g. 0.1")
+        need(isinstance(self.model, dict),
+             f"model={self.model!r}: expected a mapping of model settings, e.g. "
+             f"model: {{family: vae, latent_dim: 2}}")
+        self.model_config(self.model.get("L", 16))
+
+    def model_config(self, L: int) -> ModelConfig:
+        """The ModelConfig for lattice side L (an explicit model.L must agree with it)."""
+        try:
+            return ModelConfig.from_dict({**self.model, "L": self.model.get("L", L)})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model: {exc}") from None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/train/{self.name}").absolute()
+
+    @property
+    def threads_per_worker(self) -> int:
+        return self.threads or max(1, int(self.cpus_per_worker))
+
+
+# ---------------------------------------------------------------------------------- files
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    found = [Path(p).parent for p in glob.glob(str(run_dir / "checkpoint_*" / "trainer.pt"))]
+    return sorted(p for p in found if (p / "model.pt").is_file())
+
+
+def load_state(ckpt_dir) -> dict:
+    """trainer.pt of a checkpoint directory (ValueError if it is not ours)."""
+    path = Path(ckpt_dir) / "trainer.pt"
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise ValueError(f"{ckpt_dir} is not a training checkpoint (no trainer.pt)") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not an ising_dist training state")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: training state version {state.get('version')!r} is not "
+                         f"supported (this code reads {STATE_VERSION})")
+    return state
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """metrics.csv of a run as a list of {column: float} (epoch as int)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v != ""}
+            for r in rows]
+
+
+def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.csv atomically (small: one row per epoch)."""
+    if not rows:
+        return
+    cols = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
+    tmp = run_dir / f"metrics.csv.tmp.{os.getpid()}"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp, run_dir / "metrics.csv")
+
+
+# ---------------------------------------------------------------------------------- worker
+def _all_mean(terms: dict[str, float]) -> dict[str, float]:
+    """Mean of each term over DDP ranks (each rank saw an equal share, DistributedSampler)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return terms
+    keys = sorted(terms)
+    t = torch.tensor([terms[k] for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return dict(zip(keys, (t.cpu() / dist.get_world_size()).tolist()))
+
+
+def _loader(ds, batch, rank, world, shuffle, seed):
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
+                                 drop_last=False)
+    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=0), sampler
+
+
+def say(message: str) -> None:
+    """A progress line on stdout. Written directly: Ray Train patches ``print`` on workers to
+    go through its logger (which would show it twice, or not at all at log level WARNING);
+    Ray forwards worker stdout to the driver / job log."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def _progress(epoch: int, total: int, m: dict) -> str:
+    def terms(prefix):
+        keys = [k for k in ("recon", "kl", "total") if f"{prefix}{k}" in m]
+        if not keys:   # GANs: critic_/gen_ totals
+            keys = [k[len(prefix):] for k in sorted(m) if k.startswith(prefix)
+                    and k.endswith("total")]
+        return " ".join(f"{k} {m[prefix + k]:.4g}" for k in keys)
+    return (f"epoch {epoch}/{total}  train: {terms('train_')}  val: {terms('val_')}  "
+            f"{m['samples_per_s']:.0f} samples/s  {m['epoch_time_s']:.1f} s")
+
+
+def _chaos_kill(run_dir: Path, done: int) -> None:
+    """Fault drill: SIGKILL this worker once, during epoch done+1. It first waits two of the
+    controller's health-check periods, so checkpoint ``done`` has been registered (a worker
+    that dies within a poll of its report loses that report, and Ray restarts one earlier)."""
+    marker = run_dir / ".chaos_kill_done"
+    if marker.exists():
+        return
+    marker.touch()
+    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 0.5)
+    say(f"chaos_kill_epoch={done}: worker {os.getpid()} kills itself (SIGKILL) in epoch "
+        f"{done + 1}; Ray should restart the workers from checkpoint_{done:04d}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_loop(loop: dict) -> None:
+    """One Ray Train worker: plain PyTorch except prepare_model / report / checkpoints."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = cfgmod.from_dict(TrainConfig, loop["config"], source="train config")
+    run_dir = Path(loop["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads_per_worker)
+    device = ray.train.torch.get_device()
+
+    fp = loop["data"]
+    sets, fp_here = make_datasets(cfg.data, cfg.temperatures, cfg.tmin, cfg.tmax,
+                                  cfg.val_fraction, cfg.test_fraction, cfg.skip,
+                                  n_samples=fp["n_samples"])
+    if same_data(fp, fp_here):
+        raise DataError(f"{cfg.data} changed under the run: {same_data(fp, fp_here)} differ")
+
+    torch.manual_seed(cfg.seed)               # identical initial weights on every rank
+    model = build_model(cfg.model_config(fp["L"]))
+    state = None
+    ckpt = ray.train.get_checkpoint()         # set when Ray restores a run or a failed worker
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_state(d)
+            model.load_state_dict(torch.load(Path(d) / "model.pt", weights_only=True,
+                                             map_location="cpu")["state_dict"])
+    elif loop.get("resume_from"):
+        d = loop["resume_from"]
+        state = load_state(d)
+        model.load_state_dict(torch.load(Path(d) / "model.pt", weights_only=True,
+                                         map_location="cpu")["state_dict"])
+    start, resumed_at = 0, []
+    if state is not None:
+        start = int(state["epoch"])
+        resumed_at = list(state.get("resumed_at", [])) + [start]  # provenance of restarts
+        if hasattr(model, "critic_steps"):
+            model.critic_steps = int(state.get("critic_steps", 0))
+
+    ddp_kwargs = {"find_unused_parameters": True} if model.cfg.adversarial else None
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
+    optimizers = unwrap(model).configure_optimizers(cfg.lr)
+    if state is not None:
+        for opt, sd in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(sd)
+
+    per_rank = max(1, cfg.batch_size // world)
+    train_dl, train_sampler = _loader(sets["train"], per_rank, rank, world, True, cfg.seed)
+    val_dl, _ = _loader(sets["val"], per_rank, rank, world, False, cfg.seed)
+    if rank == 0:
+        rows = [r for r in read_metrics(run_dir) if r["epoch"] <= start]
+        _write_metrics(run_dir, rows)     # drop epochs past the checkpoint we resume from
+        if cfg.progress:
+            how = f"resuming after epoch {start}" if start else "starting"
+            say(f"{how}: {len(sets['train'])} train / {len(sets['val'])} val samples, "
+                f"{world} worker(s), batch {per_rank}×{world}, device {device}")
+
+    for epoch in range(start, cfg.epochs):
+        if cfg.chaos_kill_epoch == epoch and rank == world - 1:
+            _chaos_kill(run_dir, epoch)
+        train_sampler.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)  # VAE noise, per epoch
+        t0 = time.perf_counter()
+        tr = train_epoch(model, train_dl, optimizers, device)
+        dt = time.perf_counter() - t0
+        va = evaluate_epoch(model, val_dl, device)
+        metrics = {f"train_{k}": v for k, v in _all_mean(tr).items()}
+        metrics.update({f"val_{k}": v for k, v in _all_mean(va).items()})
+        metrics.update(epoch=epoch + 1, epoch_time_s=dt, samples_per_s=len(sets["train"]) / dt)
+
+        tmp = None
+        checkpoint = None
+        if rank == 0:
+            rows.append(metrics)
+            _write_metrics(run_dir, rows)
+            tmp = Path(tempfile.mkdtemp(prefix="ising_ckpt_"))
+            extra = {"epoch": epoch + 1, "metrics": metrics, "data": fp,
+                     "train_config": cfgmod.to_dict(cfg), "resumed_at": resumed_at}
+            save_model(tmp / "model.pt", model, extra)
+            net = unwrap(model)
+            _atomic_torch_save({"format": STATE_FORMAT, "version": STATE_VERSION,
+                                "epoch": epoch + 1, "config": cfgmod.to_dict(cfg), "data": fp,
+                                "optimizers": [o.state_dict() for o in optimizers],
+                                "critic_steps": int(getattr(net, "critic_steps", 0)),
+                                "resumed_at": resumed_at, "metrics": metrics},
+                               tmp / "trainer.pt")
+            checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
+            if cfg.progress:
+                say(_progress(epoch + 1, cfg.epochs, metrics))
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"checkpoint_{epoch + 1:04d}")
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+# ---------------------------------------------------------------------------------- driver
+def ensure_ray(num_cpus: Optional[int] = None) -> str:
+    """Connect to the cluster in RAY_ADDRESS (or the one already joined), else start Ray
+    locally. Returns "cluster" or "local"."""
+    import ray
+    if ray.is_initialized():
+        return "cluster" if os.environ.get("RAY_ADDRESS") else "local"
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return "cluster"
+    # the dashboard serves the state API that Ray Train's placement-group cleaner polls
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, log_to_driver=True)
+    return "local"
+
+
+def _run_artifacts(run_dir: Path) -> list[str]:
+    names = ["metrics.csv", "model.pt"] + [p.name for p in checkpoints(run_dir)]
+    return [n for n in names if (run_dir / n).exists()]
+
+
+def resolve(cfg: TrainConfig, n_samples: Optional[int] = None
+            ) -> tuple[TrainConfig, dict, int]:
+    """Check the data file, temperature selection, split and model against each other.
+
+    Returns (config with absolute paths and the full model config, data fingerprint, number
+    of training samples); writes nothing."""
+    data = os.path.abspath(cfg.data)
+    sets, fp = make_datasets(data, cfg.temperatures, cfg.tmin, cfg.tmax, cfg.val_fraction,
+                             cfg.test_fraction, cfg.skip, n_samples=n_samples)
+    if "L" in cfg.model and cfg.model["L"] != fp["L"]:
+        raise ConfigError(f"model.L={cfg.model['L']} but {data} holds L={fp['L']} lattices; drop "
+                          f"model.L (it is taken from the data) or use a file with L="
+                          f"{cfg.model['L']}")
+    model_cfg = cfg.model_config(fp["L"])
+    resolved = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(cfg), "data": data,
+                                              "out": str(cfg.run_dir),
+                                              "model": model_cfg.to_dict()})
+    return resolved, fp, len(sets["train"])
+
+
+def prepare(cfg: TrainConfig, resume: bool = False) -> tuple[TrainConfig, dict, Optional[Path]]:
+    """Check config, data and run directory before any Ray work; write config.yaml.
+
+    Returns (resolved config, data fingerprint, checkpoint to resume from or None)."""
+    run_dir = cfg.run_dir
+    resume_from = None
+    saved = None
+    if resume:
+        found = checkpoints(run_dir)
+        if not found:
+            raise ConfigError(f"--resume: {run_dir} holds no checkpoint to continue from; drop "
+                              f"--resume to start a new run there")
+        resume_from = found[-1]
+        saved = load_state(resume_from)
+        if cfg.epochs <= int(saved["epoch"]):
+            raise ConfigError(f"--resume: {run_dir} is already at epoch {saved['epoch']} of "
+                              f"epochs={cfg.epochs}; raise --epochs to train further")
+    else:
+        existing = _run_artifacts(run_dir) if run_dir.is_dir() else []
+        if existing:
+            raise ConfigError(f"--out {run_dir} already holds a run ({', '.join(existing[:3])}); "
+                              f"pass --resume to continue it or choose another --out")
+    resolved, fp, n_train = resolve(cfg, saved["data"]["n_samples"] if saved else None)
+    if saved is not None:
+        old, new = saved["config"], cfgmod.to_dict(resolved)
+        diff = [f"{k}: run has {old.get(k)!r}, asked {new[k]!r}" for k in new
+                if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]]
+        if diff:
+            raise ConfigError(f"--resume of {run_dir} with a different setup (" + "; ".join(diff)
+                              + "); resume with the same settings (only "
+                              + ", ".join(RESUME_MAY_CHANGE) + " may change) or choose a new "
+                              "--out")
+        changed = same_data(saved["data"], fp)
+        if changed:
+            raise DataError(f"--resume: the data differ from the run's ({', '.join(changed)}); "
+                            f"resume with the file the run was trained on")
+    if n_train < cfg.batch_size:
+        print(f"note: batch_size={cfg.batch_size} exceeds the {n_train} training samples; "
+              f"each epoch is one smaller batch", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfgmod.to_yaml(resolved))
+    return resolved, fp, resume_from
+
+
+def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[list] = None,
+        start_ray: bool = True, verbose: bool = False) -> dict:
+    """Train (see module doc); returns {"run_dir", "model", "epoch", "metrics"}.
+
+    callbacks: Ray Train UserCallbacks (Tune passes TuneReportCallback). start_ray=False when
+    already inside a Ray task (a Tune trial). verbose: Ray Train's own INFO logs too."""
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
+                           ScalingConfig)
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg, fp, resume_from = prepare(cfg, resume)
+    run_dir = cfg.run_dir
+    if start_ray:
+        mode = ensure_ray()
+        _check_resources(cfg, mode)
+    use_gpu = cfg.gpus > 0
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfgmod.to_dict(cfg), "run_dir": str(run_dir), "data": fp,
+                           "resume_from": str(resume_from) if resume_from else None},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_dir.name, storage_path=str(run_dir.parent),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            callbacks=callbacks or None))
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training in {run_dir} finished without a checkpoint")
+    final = Path(result.checkpoint.path)
+    tmp = run_dir / f"model.pt.tmp.{os.getpid()}"
+    shutil.copyfile(final / "model.pt", tmp)
+    os.replace(tmp, run_dir / "model.pt")
+    state = load_state(final)
+    return {"run_dir": str(run_dir), "model": str(run_dir / "model.pt"),
+            "epoch": int(state["epoch"]), "metrics": state["metrics"]}
+
+
+def _check_resources(cfg: TrainConfig, mode: str) -> None:
+    """Refuse (local Ray) or warn about (cluster: it may scale) a run the cluster cannot hold:
+    Ray would wait for the missing CPUs/GPUs forever."""
+    import ray
+    have = ray.cluster_resources()
+    for res, per in (("CPU", cfg.cpus_per_worker), ("GPU", cfg.gpus)):
+        need, avail = per * cfg.workers, have.get(res, 0)
+        if need <= avail + 1e-9:
+            continue
+        fits = max(1, int(avail // per)) if avail >= per else 0
+        fix = (f"use --workers {fits}" if fits else
+               "use --gpus 0" if res == "GPU" else "lower cpus_per_worker")
+        msg = (f"workers={cfg.workers} × {per:g} {res} needs {need:g} {res} but the Ray "
+               f"{'cluster' if mode == 'cluster' else 'instance'} has {avail:g}; {fix}")
+        if mode == "local" or res == "GPU":
+            raise ConfigError(msg)
+        print(f"warning: {msg} (waiting for the cluster to scale)", file=sys.stderr)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ising_dist.train", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML preset, e.g. configs/train/demo.yaml (with --resume: "
+                                    "default is the run directory's config.yaml)")
+    p.add_argument("--data", help="HDF5 file written by python -m ising_dist.pt")
+    p.add_argument("--out", help="run directory (default runs/train/<name>)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpus", type=float, help="GPUs per worker (0: CPU)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
+                                                         "newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.add_argument("--verbose", action="store_true", help="also Ray Train's own INFO logs")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    overrides = {k: getattr(args, k) for k in ("data", "out", "workers", "gpus", "epochs",
+                                               "batch_size", "lr", "seed")}
+    if args.quiet:
+        overrides["progress"] = False
+    if args.config:
+        return cfgmod.load(TrainConfig, args.config, overrides)
+    if args.resume and args.out:
+        saved = Path(args.out) / "config.yaml"
+        if saved.is_file():
+            return cfgmod.load(TrainConfig, saved, overrides)
+        raise ConfigError(f"--resume: {saved} does not exist; is --out {args.out} a run "
+                          f"directory of ising_dist.train?")
+    raise ConfigError("no --config given: pass a preset (e.g. --config configs/train/demo.yaml)"
+                      " or --resume --out RUN_DIR")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        summary = run(cfg, resume=args.resume, verbose=args.verbose)
+    except (ConfigError, ValueError) as exc:   # DataError, StoreError are ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 — a failed Ray run: say so without a traceback wall
+        from ray.train import TrainingFailedError
+        if isinstance(exc, TrainingFailedError):
+            print(f"error: training failed after retries: {exc}", file=sys.stderr)
+            return 1
+        raise
+    m = summary["metrics"]
+    vals = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k.startswith("val_"))
+    print(f"done: {summary['epoch']} epochs; {vals}\nmodel: {summary['model']}\n"
+          f"run directory: {summary['run_dir']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    # run the imported module's main so Ray pickles train_loop by reference, not from __main__
+    from ising_dist.train import main as _main
+    sys.exit(_main())

@@ -1,0 +1,266 @@
+"""Ray Train on a real PT file: learning, DDP agreement, recovery of a killed worker, resume,
+a job submitted to a real local cluster, and the errors a user meets."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ising_dist import config as cfgmod
+from ising_dist import train
+from ising_dist.data import make_datasets
+from ising_dist.models import evaluate_epoch, load_model
+from tests.test_data import make_pt_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EPOCHS = 3
+
+
+def tiny(pt_file, out, **kw) -> dict:
+    """A small VAE run: 1280 training samples of L=8, 3 epochs."""
+    d = {"name": "t", "data": str(pt_file), "out": str(out), "epochs": EPOCHS,
+         "batch_size": 64, "lr": 3.0e-3, "seed": 1, "max_failures": 0,
+         "model": {"family": "vae", "arch": "mlp", "latent_dim": 2, "hidden": [32, 16]}}
+    d.update(kw)
+    return d
+
+
+def cfg_of(d) -> train.TrainConfig:
+    return cfgmod.from_dict(train.TrainConfig, d)
+
+
+@pytest.fixture(scope="session")
+def pt_file(tmp_path_factory):
+    return make_pt_file(tmp_path_factory)
+
+
+# Ray Train's controller polls its workers every 2 s by default; at 0.5 s a 3-epoch test run
+# ends ~3 s sooner. A latency knob only (read by the controller actor from its environment).
+FAST_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def start_local_ray() -> None:
+    """The session's local Ray instance (started once, stops when pytest exits)."""
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.update(FAST_POLL)   # inherited by the raylet and so by every actor
+    train.ensure_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    start_local_ray()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, pt_file, ray_local):
+    """The reference: one worker, uninterrupted."""
+    out = tmp_path_factory.mktemp("train") / "baseline"
+    summary = train.run(cfg_of(tiny(pt_file, out)))
+    return out, summary
+
+
+def test_training_lowers_validation_loss_and_writes_a_self_describing_run(baseline, pt_file):
+    out, summary = baseline
+    rows = train.read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for split in ("train", "val"):
+        for term in ("recon", "kl", "total"):
+            assert all(f"{split}_{term}" in r for r in rows)
+    assert rows[-1]["val_total"] < 0.85 * rows[0]["val_total"], rows
+    assert rows[-1]["val_recon"] < rows[0]["val_recon"]
+
+    # the final model: plain tensors and primitives, rebuilt from its own config
+    raw = torch.load(out / "model.pt", weights_only=True)
+    assert raw["format"] == "ising_dist.model" and raw["config"]["L"] == 8
+    model, extra = load_model(out / "model.pt")
+    assert extra["epoch"] == EPOCHS and extra["data"]["n_samples"] == 400
+    # … and it is the model whose validation loss was reported
+    sets, _ = make_datasets(pt_file, val_fraction=0.1, test_fraction=0.1)
+    val = torch.utils.data.DataLoader(sets["val"], batch_size=160)
+    torch.manual_seed(0)
+    recon = evaluate_epoch(model, val, "cpu")["recon"]
+    assert recon == pytest.approx(rows[-1]["val_recon"], rel=0.05)
+
+    # checkpoints: the newest two, each with model, optimizer, epoch, config, data fingerprint
+    names = sorted(p.name for p in train.checkpoints(out))
+    assert names == ["checkpoint_0002", "checkpoint_0003"]
+    state = train.load_state(out / "checkpoint_0003")
+    assert state["epoch"] == 3 and state["resumed_at"] == []
+    assert state["optimizers"][0]["state"], "optimizer state is saved"
+    assert state["config"]["model"]["latent_dim"] == 2 and state["data"]["rows"] == [0, 1, 2, 3]
+    saved = cfgmod.load(train.TrainConfig, out / "config.yaml")
+    assert Path(saved.data).is_absolute() and saved.model["L"] == 8
+
+
+def test_two_ddp_workers_agree_with_one_and_recover_a_killed_worker(tmp_path, pt_file,
+                                                                      ray_local):
+    """An AE (no sampling noise): 2 workers see the same global batches as 1 worker
+    (DistributedSampler interleaves one permutation) and DDP averages their gradients, so the
+    curves must agree to float precision. One of the 2 workers is SIGKILLed in epoch 2; Ray
+    restarts the group from checkpoint 1, which must not change the curve either."""
+    ae = {"family": "ae", "arch": "mlp", "latent_dim": 2, "hidden": [32, 16]}
+    one = tmp_path / "one"
+    train.run(cfg_of(tiny(pt_file, one, model=ae)))
+    two = tmp_path / "two"
+    train.run(cfg_of(tiny(pt_file, two, model=ae, workers=2, chaos_kill_epoch=1,
+                          max_failures=1)))
+    assert (two / ".chaos_kill_done").exists()
+    state = train.load_state(train.checkpoints(two)[-1])
+    assert state["resumed_at"] == [1] and state["epoch"] == EPOCHS
+    rows, ref = train.read_metrics(two), train.read_metrics(one)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["val_total"] < 0.85 * rows[0]["val_total"]
+    for r, q in zip(rows, ref):
+        for k in ("train_recon", "val_recon"):
+            assert r[k] == pytest.approx(q[k], rel=1e-3), (k, rows, ref)
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path, baseline,
+                                                                      pt_file, capsys):
+    preset = tmp_path / "tiny.yaml"
+    out = tmp_path / "resumed"
+    preset.write_text(yaml.safe_dump(tiny(pt_file, out)))
+    assert train.main(["--config", str(preset), "--epochs", "2", "--quiet"]) == 0
+    assert [r["epoch"] for r in train.read_metrics(out)] == [1, 2]
+    # resume from the run directory alone (its config.yaml), asking for one more epoch
+    assert train.main(["--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+    assert "done: 3 epochs" in capsys.readouterr().out
+    assert train.load_state(train.checkpoints(out)[-1])["resumed_at"] == [2]
+    rows, ref = train.read_metrics(out), train.read_metrics(baseline[0])
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for r, q in zip(rows, ref):
+        for k in ("train_total", "val_recon", "val_kl", "val_total"):
+            assert r[k] == pytest.approx(q[k], rel=1e-5), (k, rows, ref)
+
+
+def test_presets_resolve_against_a_real_file(pt_file):
+    presets = sorted((ROOT / "configs/train").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"demo", "vae-mlp", "vae-conv", "cvae", "wgan-gp"}
+    for p in presets:
+        cfg = cfgmod.load(train.TrainConfig, p, {"data": str(pt_file)})
+        resolved, fp, n_train = train.resolve(cfg)
+        assert resolved.model["L"] == 8 and n_train > 0, p
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epoch": 3}, "unknown key(s) epoch"),
+    ({"model": {"family": "vea"}}, "model: family='vea'"),
+    ({"temperatures": [2.5]}, "temperature 2.5 is not in"),
+    ({"data": "/nonexistent/pt.h5"}, "'/nonexistent/pt.h5' does not exist"),
+    ({"model": {"L": 16}}, "model.L=16 but"),
+    ({"lr": 0}, "lr=0.0: the learning rate must be > 0"),
+    ({"workers": 3}, "workers=3 × 1 CPU needs 3 CPU"),
+    ({"baseline": True}, "already holds a run"),
+    ({"baseline": True, "resume": True, "model": {"latent_dim": 4}, "epochs": 5},
+     "--resume of"),
+    ({"resume": True}, "holds no checkpoint to continue from"),
+])
+def test_bad_configs_and_files_exit_2_with_a_clear_message(tmp_path, pt_file, baseline, capsys,
+                                                           change, message):
+    change = dict(change)
+    resume = change.pop("resume", False)
+    out = baseline[0] if change.pop("baseline", False) else tmp_path / "run"
+    d = tiny(pt_file, out)
+    if "model" in change:
+        d["model"] = {**d["model"], **change.pop("model")}
+    d.update(change)
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(yaml.safe_dump(d))
+    before = sorted(p.name for p in Path(baseline[0]).iterdir())
+    rc = train.main(["--config", str(preset)] + (["--resume"] if resume else []))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in Path(baseline[0]).iterdir()) == before  # nothing touched
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ising_dist.train", "--config",
+                          "configs/train/demo.yaml", "--data", str(tmp_path / "none.h5"),
+                          "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: data file") and "none.h5" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------ a real local cluster
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """`ray start --head --block` on free ports with its own temp dir (so no other Ray user on
+    this machine attaches to it); stopped by SIGTERM to that command, which takes down the
+    processes it started (unlike `ray stop`, which stops every Ray on the machine)."""
+    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths are limited
+    port, dash = _free_port(), _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ['PATH']}",
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", **FAST_POLL)
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "ray-start.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--disable-usage-stats", f"--temp-dir={temp}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", f"--ray-client-server-port={_free_port()}",
+         f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "ray-start.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                    json.load(r)
+                break
+            except OSError:
+                assert time.time() < deadline, "the Ray head did not come up in 120 s"
+                time.sleep(1)
+        yield address, env
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)   # our own session: only what we started
+            proc.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_job_submitted_to_a_real_cluster_trains_and_checkpoints(ray_cluster, pt_file, tmp_path):
+    address, env = ray_cluster
+    out = tmp_path / "job-run"
+    # the working dir is uploaded (up to 512 MiB); virtualenvs beside .venv/ are not always
+    # git-ignored, so keep them out explicitly
+    excludes = json.dumps({"excludes": [".venv*/", "runs/", "build/", "report/", ".git/"]})
+    res = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+         "--runtime-env-json", excludes, "--",
+         "python", "-m", "ising_dist.train", "--config", "configs/train/demo.yaml",
+         "--data", str(pt_file), "--out", str(out), "--epochs", "2", "--batch-size", "256"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "succeeded" in res.stdout and "epoch 2/2" in res.stdout
+    assert [p.name for p in train.checkpoints(out)][-1] == "checkpoint_0002"
+    model, extra = load_model(out / "model.pt")
+    assert extra["epoch"] == 2 and model.cfg.L == 8
