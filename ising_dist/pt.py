@@ -355,7 +355,9 @@ def setup(args, comm):
                     "'Parallel HDF5' section says, or use --writer gather (live-readable)")
             if writer is None:
                 writer = RunWriter.create(cfg.out, cfgmod.to_yaml(cfg), cfg.L, cfg.seed,
-                                          cfg.ladder_temperatures(), overwrite=args.overwrite)
+                                          cfg.ladder_temperatures(), overwrite=args.overwrite,
+                                          compress=not (cfg.writer == "collective"
+                                                        and comm.size > 1))
             result = ("ok", cfgmod.to_dict(cfg), ckpt)
     except (ConfigError, StoreError) as exc:
         result = ("error", str(exc), None)

@@ -129,7 +129,9 @@ class RunWriter:
 
     # -- creation and reopening -------------------------------------------------------
     @classmethod
-    def create(cls, path, cfg_yaml, L, seed, temperatures, overwrite=False):
+    def create(cls, path, cfg_yaml, L, seed, temperatures, overwrite=False, compress=True):
+        """A new run file. compress=False stores /spins unfiltered: for the collective writer,
+        since filtered collective writes corrupted data or hung with parallel HDF5 1.10.8."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise StoreError(f"--out {str(path)!r} exists; pass --resume to continue it or "
@@ -140,18 +142,28 @@ class RunWriter:
         tmp = path.with_name(path.name + ".creating")
         R = len(temperatures)
         cs = _chunk_samples(L)
+
+        def dcpl():
+            # parallel HDF5 writes only into allocated chunks: allocate each chunk as soon as
+            # a resize creates it (the collective writer's files); serial files allocate late
+            plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            if not compress:
+                plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            return plist
+
         with h5py.File(tmp, "w", libver=LIBVER) as f:
             f.attrs.update(schema_version=SCHEMA_VERSION, L=L, seed=seed, config=cfg_yaml,
                            code_version=__version__, sweeps_done=0)
             f.create_dataset("temperatures", data=np.asarray(temperatures, np.float64))
             f.create_dataset("spins", shape=(R, 0, L, L), maxshape=(R, None, L, L),
-                             dtype=np.int8, chunks=(1, cs, L, L), scaleoffset=0)
+                             dtype=np.int8, chunks=(1, cs, L, L),
+                             scaleoffset=0 if compress else None, dcpl=dcpl())
             for name, dtype in (("energy", np.float64), ("magnetization", np.float64),
                                 ("replica", np.int32)):
                 f.create_dataset(name, shape=(R, 0), maxshape=(R, None), dtype=dtype,
-                                 chunks=(R, 1024))
+                                 chunks=(R, 1024), dcpl=dcpl())
             f.create_dataset("sweep", shape=(0,), maxshape=(None,), dtype=np.int64,
-                             chunks=(1024,))
+                             chunks=(1024,), dcpl=dcpl())
             g = f.create_group("exchange")
             for name in ("attempted", "accepted"):
                 g.create_dataset(name, data=np.zeros(R - 1, np.int64))
@@ -310,9 +322,11 @@ class GatherWriter:
 class CollectiveWriter:
     """Every rank writes its own rows through parallel HDF5 (the mpio driver), collectively.
 
-    Needs h5py built against parallel HDF5 (``h5py.get_config().mpi``). Gives up live reading:
-    SWMR does not work with mpio, so readers must wait for the run to end or stop. Samples are
-    buffered a chunk at a time (and at checkpoints), the same on every rank.
+    Needs h5py built against parallel HDF5 (``h5py.get_config().mpi``). Gives up live reading
+    (SWMR does not work with mpio: readers wait for the run to end or stop) and compression of
+    /spins (filtered collective writes corrupted data or hung with parallel HDF5 1.10.8; the
+    file is created uncompressed, the data are the same). Samples are buffered a chunk at a
+    time (and at checkpoints), the same on every rank.
     """
 
     def __init__(self, comm, path):
@@ -345,7 +359,9 @@ class CollectiveWriter:
         return [((int(r), index) + (0,) * len(n), (1, 1) + tuple(n)) for r in rows]
 
     def sample(self, sweep, ids, slots, spins, energy, magnet):
-        self._buf.append((sweep, ids, slots, spins, energy, magnet))
+        # copies: the caller's lattices keep evolving while samples wait in the buffer
+        self._buf.append((sweep, ids.copy(), slots.copy(), spins.copy(), energy.copy(),
+                          magnet.copy()))
         if len(self._buf) >= self.chunk:
             self.flush()
 

@@ -88,3 +88,17 @@ def test_scancel_term_checkpoints_and_resubmission_resumes(slurm, tmp_path):
     run_pt("--config", common[0], *map(str, common[3:]), "--sweeps", sweeps, "--no-progress",
            "--out", ref)
     assert_same_data(read_all(ref), read_all(out))
+
+
+def test_sbatch_train_trains_the_demo_model_through_ray(slurm, tmp_path):
+    pt = tmp_path / "pt.h5"
+    run_pt("--config", "configs/pt/demo.yaml", "--no-progress", "--out", pt)
+    run = tmp_path / "run"
+    res = slurm.run("sbatch", "--parsable", "--wait", f"--output={tmp_path}/train-%j.out",
+                    "slurm/train.sh", "train", "configs/train/demo.yaml", "--data", pt,
+                    "--out", run, "--epochs", "2", cwd=ROOT, check=False)
+    job = res.stdout.strip().split(";")[0]
+    text = (tmp_path / f"train-{job}.out").read_text()
+    assert res.returncode == 0, text
+    assert "Ray head on" in text and (run / "model.pt").is_file(), text
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
