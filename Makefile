@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages: hdf5-tools gives h5ls/h5dump/h5clear (used by tests and by --resume of a
 # killed run). MPI comes from PyPI (mpich), so no system MPI is needed.
-APT_PACKAGES := hdf5-tools slurmctld slurmd slurm-client munge
+APT_PACKAGES := hdf5-tools slurmctld slurmd slurm-client munge openssh-server openssh-client rsync
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPIR_CVAR_CH4_PROGRESS_THROTTLE := 1
