@@ -53,9 +53,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# sample -> train -> evaluate -> report, on the small embedded defaults
+# sample -> train -> evaluate -> report, on the small embedded defaults (a few minutes on
+# 2 cores). It re-creates runs/demo/ each time: copy results you want to keep elsewhere.
+DEMO := runs/demo
 demo: setup
-	NUMBA_NUM_THREADS=1 mpiexec -n 2 $(PY) -m ising_dist.pt --config configs/pt/demo.yaml --overwrite
+	rm -rf $(DEMO)/train $(DEMO)/report
+	NUMBA_NUM_THREADS=1 mpiexec -n 2 $(PY) -m ising_dist.pt --config configs/pt/demo.yaml \
+	  --out $(DEMO)/pt.h5 --overwrite
+	$(PY) -m ising_dist.train --config configs/train/demo.yaml --data $(DEMO)/pt.h5 \
+	  --out $(DEMO)/train --workers 2
+	$(PY) -m ising_dist.evaluate --data $(DEMO)/pt.h5 --model $(DEMO)/train --out $(DEMO)/report
+	@echo "report: $(CURDIR)/$(DEMO)/report/index.html"
 
 test: setup setup-parallel
 	ctest --test-dir build -L '^(c|mpi)$$' --output-on-failure
