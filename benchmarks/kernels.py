@@ -74,7 +74,9 @@ def metropolis_rates(sizes, seconds):
 
 
 def autocorrelation_costs(sizes, sweeps_metropolis, sweeps_wolff):
-    print("\n3. At Tc: tau_int in sweeps and wall time per independent sample (2 tau t_sweep)")
+    backend = Chains.create(4, 0, [0]).kern.name
+    print(f"\n3. At Tc: tau_int in sweeps and wall time per independent sample (2 tau t_sweep),"
+          f" {backend} kernels, one chain per thread")
     print(f"{'L':>4} {'algorithm':>10} {'tau |m|':>10} {'tau e':>8} {'t/sweep':>10} "
           f"{'t/indep. sample':>16}")
     for L in sizes:

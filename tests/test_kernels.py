@@ -113,9 +113,11 @@ def test_same_seed_same_trajectory_and_streams_differ():
     assert not np.array_equal(d.spins, Chains.create(8, 42, [0, 1, 2]).spins)
 
 
-def test_parallel_sweep_equals_batched_serial_sweep():
+@pytest.mark.parametrize("L", [32, 512])  # below and above kernels.PARALLEL_MIN_SITES
+def test_parallel_sweep_equals_batched_serial_sweep(L):
     """The row-parallel single-lattice sweep (1 and 2 threads) equals the batched kernel."""
-    L, beta = 32, 1 / 2.269
+    beta = 1 / 2.269
+    assert (L * L >= kernels.PARALLEL_MIN_SITES) == (L == 512)
     chains = Chains.create(L, 7, [5])
     ref = chains.spins[0].copy()
     chains.advance(np.array([beta]), 10, 0, "metropolis")
