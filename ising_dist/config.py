@@ -116,6 +116,16 @@ def load(cls, path=None, overrides=None):
     return from_dict(cls, data, source=str(path) if path else "config")
 
 
+def load_saved(cls, run_dir, overrides, producer):
+    """The config.yaml that a run of ``producer`` (e.g. "ising_dist.train") saved in run_dir,
+    with overrides: how `--resume --out RUN_DIR` continues a run without its preset."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {saved} does not exist; is --out {run_dir} an output "
+                          f"directory of {producer}?")
+    return load(cls, saved, overrides)
+
+
 def to_dict(obj):
     return dataclasses.asdict(obj)
 

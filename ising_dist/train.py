@@ -524,11 +524,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         return cfgmod.load(TrainConfig, args.config, overrides)
     if args.resume and args.out:
-        saved = Path(args.out) / "config.yaml"
-        if saved.is_file():
-            return cfgmod.load(TrainConfig, saved, overrides)
-        raise ConfigError(f"--resume: {saved} does not exist; is --out {args.out} a run "
-                          f"directory of ising_dist.train?")
+        return cfgmod.load_saved(TrainConfig, args.out, overrides, "ising_dist.train")
     raise ConfigError("no --config given: pass a preset (e.g. --config configs/train/demo.yaml)"
                       " or --resume --out RUN_DIR")
 

@@ -405,11 +405,7 @@ def resolve_config(args) -> SearchConfig:
         cfg.train = locate_preset(cfg.train, args.config)
         return cfg
     if args.resume and args.out:
-        saved = Path(args.out) / "config.yaml"
-        if saved.is_file():
-            return cfgmod.load(SearchConfig, saved, overrides)
-        raise ConfigError(f"--resume: {saved} does not exist; is --out {args.out} a search "
-                          f"directory of ising_dist.tune?")
+        return cfgmod.load_saved(SearchConfig, args.out, overrides, "ising_dist.tune")
     raise ConfigError("no --config given: pass a preset (e.g. --config configs/tune/demo.yaml) "
                       "or --resume --out SEARCH_DIR")
 
