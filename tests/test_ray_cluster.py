@@ -3,7 +3,6 @@ launcher's local provider reaches this machine over an sshd that the test starts
 with a key it generates (no dotfiles are touched), and stops again."""
 
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -1,18 +1,13 @@
 """slurm/simulate.sh on a real one-node Slurm: sbatch, srun --mpi=pmi2, SIGTERM, requeue."""
 
-import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 
 from tests.slurm_cluster import SlurmCluster
-from tests.test_pt import DATASETS, assert_same_data, read_all, run_pt, wait_for_checkpoint
+from tests.test_pt import assert_same_data, read_all, run_pt
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
