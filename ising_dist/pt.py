@@ -351,8 +351,9 @@ def setup(args, comm):
             if cfg.writer == "collective" and not h5py.get_config().mpi:
                 raise ConfigError(
                     "writer=collective needs h5py built against parallel HDF5 "
-                    "(h5py.get_config().mpi is False here); build it as the README's "
-                    "'Parallel HDF5' section says, or use --writer gather (live-readable)")
+                    "(h5py.get_config().mpi is False here); build it with `make setup-parallel` "
+                    "(README, 'Writers') and run .venv-parallel/bin/python under "
+                    "/usr/bin/mpiexec.mpich, or use --writer gather (live-readable)")
             if writer is None:
                 writer = RunWriter.create(cfg.out, cfgmod.to_yaml(cfg), cfg.L, cfg.seed,
                                           cfg.ladder_temperatures(), overwrite=args.overwrite,
