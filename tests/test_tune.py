@@ -28,6 +28,14 @@ def pt_file(tmp_path_factory):
     return make_pt_file(tmp_path_factory)
 
 
+def tiny_train_preset(tmp_path, pt_file):
+    preset = tmp_path / "tiny-train.yaml"
+    preset.write_text(yaml.safe_dump({
+        "name": "tiny", "data": str(pt_file), "batch_size": 64, "lr": 3.0e-3, "seed": 1,
+        "model": {"family": "vae", "arch": "mlp", "hidden": [32, 16]}}))
+    return preset
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     start_local_ray()
@@ -35,10 +43,7 @@ def ray_local():
 
 def test_grid_search_stopped_by_a_signal_resumes_and_writes_its_table(tmp_path, pt_file,
                                                                       ray_local, capsys):
-    preset = tmp_path / "tiny-train.yaml"
-    preset.write_text(yaml.safe_dump({
-        "name": "tiny", "data": str(pt_file), "batch_size": 64, "lr": 3.0e-3, "seed": 1,
-        "model": {"family": "vae", "arch": "mlp", "hidden": [32, 16]}}))
+    preset = tiny_train_preset(tmp_path, pt_file)
     search = tmp_path / "tiny-search.yaml"
     search.write_text(yaml.safe_dump({
         "name": "tiny", "train": str(preset), "latent_dims": [2, 4], "kl_weights": [0.0, 1.0],
@@ -89,10 +94,7 @@ def test_search_ranked_by_physics_fidelity_writes_scores_and_heatmap(tmp_path, p
                                                                     ray_local):
     """The loop closed: trials ranked by the physics fidelity of their generated samples
     (W1 of e and |m| against MCMC over the noise floor), with the heatmap of it."""
-    preset = tmp_path / "tiny-train.yaml"
-    preset.write_text(yaml.safe_dump({
-        "name": "tiny", "data": str(pt_file), "batch_size": 64, "lr": 3.0e-3, "seed": 1,
-        "model": {"family": "vae", "arch": "mlp", "hidden": [32, 16]}}))
+    preset = tiny_train_preset(tmp_path, pt_file)
     search = tmp_path / "physics-search.yaml"
     search.write_text(yaml.safe_dump({
         "name": "physics", "train": str(preset), "latent_dims": [2], "kl_weights": [0.0, 1.0],
