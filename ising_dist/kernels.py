@@ -197,9 +197,11 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
     R = spins.shape[0]
     N = spins.shape[1] * spins.shape[2]
     for r in prange(R):
-        stack = np.empty(N, np.int64)
-        members = np.empty(N, np.int64)
-        mark = np.zeros(N, np.bool_)
+        # Wolff work arrays only when clusters are grown (Metropolis-only calls skip 3N)
+        W = N if n_wolff[r] > 0 else 1
+        stack = np.empty(W, np.int64)
+        members = np.empty(W, np.int64)
+        mark = np.zeros(W, np.bool_)
         out = np.empty(spins.shape[2], np.int8)
         lat = spins[r]
         de = 0
