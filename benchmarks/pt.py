@@ -2,34 +2,42 @@
 
 Prints, measured in one run:
   1. kernel-only replica sweeps/s vs the full PT loop (exchange + streaming + checkpoints)
-     at L=64, R=16, one process with 1 numba thread — the overhead ratio (bar: < 1.05);
-  2. HDF5 write throughput of the streaming writer (MB/s of int8 spins);
+     at L=64, R=16, one process, one kernel thread — the overhead ratio (bar: < 1.05), for
+     several exchange/sample cadences and both kernel backends, and the cost of one
+     checkpoint (so the overhead of any checkpoint cadence can be worked out);
+  2. HDF5 write throughput of the streaming writer;
   3. speedup of `mpiexec -n 2` over `-n 1` at fixed R (bar on 2 cores: >= 1.7x).
 """
 
-import argparse
 import os
-import re
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numba
-import numpy as np
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # native kernels: read when the library loads
 
-from ising_dist.config import PTConfig
-from ising_dist.engine import Chains
-from ising_dist.mpi import SerialComm
-from ising_dist.pt import ParallelTempering
-from ising_dist.store import GatherWriter, RunWriter
+import argparse  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ising_dist import native  # noqa: E402
+from ising_dist.config import PTConfig  # noqa: E402
+from ising_dist.engine import Chains  # noqa: E402
+from ising_dist.mpi import SerialComm  # noqa: E402
+from ising_dist.pt import ParallelTempering  # noqa: E402
+from ising_dist.store import GatherWriter, RunWriter  # noqa: E402
 
 L, R = 64, 16
+CADENCES = ((1, 10), (1, 100), (10, 10), (10, 100))  # (exchange every, sample every) sweeps
 
 
-def kernel_only(sweeps):
-    chains = Chains.create(L, 1, range(R))  # the same kernels ("auto") as the PT loop
+def kernel_only(sweeps, backend):
+    """Sweeps/s of all replicas, in one call of the kernels the PT loop uses."""
+    chains = Chains.create(L, 1, range(R), backend=backend)
     betas = 1.0 / np.geomspace(1.8, 3.0, R)
     chains.advance(betas, 10, 0)
     t0 = time.perf_counter()
@@ -37,10 +45,11 @@ def kernel_only(sweeps):
     return sweeps / (time.perf_counter() - t0)
 
 
-def full_loop(sweeps, exchange_every, tmp, sample_every=10):
+def full_loop(sweeps, backend, tmp, exchange_every, sample_every, checkpoint_every):
+    """Sweeps/s of ParallelTempering.run on one process (file creation not timed)."""
     cfg = PTConfig(L=L, replicas=R, tmin=1.8, tmax=3.0, thermalize=0, sweeps=sweeps,
                    sample_every=sample_every, exchange_every=exchange_every,
-                   checkpoint_every=1000, progress=False,
+                   checkpoint_every=checkpoint_every, progress=False, backend=backend,
                    out=str(tmp / f"loop{exchange_every}_{sample_every}.h5"))
     cfg.validate()
     comm = SerialComm()
@@ -53,29 +62,54 @@ def full_loop(sweeps, exchange_every, tmp, sample_every=10):
     return sweeps / (time.perf_counter() - t0)
 
 
-def write_throughput(tmp, samples):
-    T = np.geomspace(1.8, 3.0, R)
-    writer = RunWriter.create(tmp / "write.h5", "bench", L, 1, T, overwrite=True)
-    rng = np.random.default_rng(0)
-    spins = [(2 * rng.integers(0, 2, (R, L, L)) - 1).astype(np.int8) for _ in range(8)]
-    e = np.zeros(R)
-    rep = np.arange(R, dtype=np.int32)
+def checkpoint_ms(tmp, n=20):
+    """Milliseconds per checkpoint of an R=16, L=64 run (spins, counters, ladder state)."""
+    cfg = PTConfig(L=L, replicas=R, tmin=1.8, tmax=3.0, thermalize=0, sweeps=100,
+                   progress=False, out=str(tmp / "ckpt.h5"))
+    cfg.validate()
+    comm = SerialComm()
+    writer = GatherWriter(comm, RunWriter.create(cfg.out, "bench", L, 1,
+                                                 cfg.ladder_temperatures(), overwrite=True))
+    pt = ParallelTempering(cfg, comm, None, writer)
+    pt._checkpoint()
     t0 = time.perf_counter()
-    for k in range(samples):
-        writer.append(k, spins[k % 8], e, e, rep)
+    for _ in range(n):
+        pt._checkpoint()
+    dt = (time.perf_counter() - t0) / n
+    writer.close()
+    return 1e3 * dt
+
+
+def write_throughput(tmp, samples, block):
+    """MB/s of int8 spins through RunWriter: append_block of `block` samples (what an
+    in-process run does) or one append per sample (block=1, the gather path)."""
+    T = np.geomspace(1.8, 3.0, R)
+    writer = RunWriter.create(tmp / f"write{block}.h5", "bench", L, 1, T, overwrite=True)
+    rng = np.random.default_rng(0)
+    spins = (2 * rng.integers(0, 2, (block, R, L, L)) - 1).astype(np.int8)
+    e = np.zeros((block, R))
+    rep = np.tile(np.arange(R, dtype=np.int32), (block, 1))
+    t0 = time.perf_counter()
+    for k in range(0, samples, block):
+        sweeps = np.arange(k, k + block, dtype=np.int64)
+        if block == 1:
+            writer.append(k, spins[0], e[0], e[0], rep[0])
+        else:
+            writer.append_block(sweeps, spins, e, e, rep)
     writer.close()
     dt = time.perf_counter() - t0
     return samples * R * L * L / dt / 1e6
 
 
-def mpi_time(ranks, sweeps, tmp, backend):
+def mpi_time(ranks, sweeps, tmp, backend, exchange_every, sample_every):
     root = Path(__file__).resolve().parents[1]
     bindir = Path(sys.executable).parent
-    env = dict(os.environ, NUMBA_NUM_THREADS="1", MPIR_CVAR_CH4_PROGRESS_THROTTLE="1",
-               PATH=f"{bindir}:{os.environ['PATH']}")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MPIR_CVAR_CH4_PROGRESS_THROTTLE="1", PATH=f"{bindir}:{os.environ['PATH']}")
     cmd = [str(bindir / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "ising_dist.pt",
            "--L", str(L), "--replicas", str(R), "--thermalize", "0", "--sweeps", str(sweeps),
-           "--sample-every", "100", "--exchange-every", "10", "--no-progress", "--overwrite",
+           "--sample-every", str(sample_every), "--exchange-every", str(exchange_every),
+           "--checkpoint-every", str(sweeps), "--no-progress", "--overwrite",
            "--backend", backend, "--out", str(tmp / f"mpi{ranks}.h5")]
     out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=True)
     return float(re.search(r"in ([0-9.]+) s", out.stdout).group(1))
@@ -83,32 +117,46 @@ def mpi_time(ranks, sweeps, tmp, backend):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     args = ap.parse_args()
-    sweeps = 500 if args.quick else 20000
     numba.set_num_threads(1)
+    backends = ["numba"] + (["native"] if native.available() else [])
+    ckpt_every = 20000
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        full_loop(20, 1, tmp)  # compile everything once
-        kernel_only(100)
-        k = max(kernel_only(sweeps) for _ in range(3))
-        name = Chains.create(4, 0, [0]).kern.name
-        print(f"1. L={L}, R={R}, one process, 1 thread, {name} kernels: kernel-only {k:.1f} "
-              f"sweeps/s (all replicas)")
-        # the spins stream at R·L² bytes per sample: with fast kernels and frequent samples the
-        # HDF5 write rate (item 2), not the loop, sets the pace
-        for ex, every in ((1, 10), (10, 10), (10, 100), (100, 100)):
-            f = full_loop(sweeps, ex, tmp, every)
-            print(f"   full PT loop, exchange every {ex:3d}, sample every {every:3d} sweeps: "
-                  f"{f:8.1f} sweeps/s, overhead ratio {k / f:.3f}")
-        mbs = write_throughput(tmp, 200 if args.quick else 2000)
-        print(f"2. HDF5 streaming writer: {mbs:.0f} MB/s of int8 spins (scale-offset filter)")
-        for backend in ("numba", "native"):
-            t1 = mpi_time(1, sweeps, tmp, backend)
-            t2 = mpi_time(2, sweeps, tmp, backend)
-            print(f"3. {backend:6s} kernels, mpiexec -n 1: {t1:.2f} s, -n 2: {t2:.2f} s for "
-                  f"{sweeps} sweeps of R={R} (exchange every 10, sample every 100): "
-                  f"speedup {t1 / t2:.2f}x")
+        print(f"1. L={L}, R={R}, one process, one kernel thread; checkpoint every {ckpt_every} "
+              f"sweeps; best of 3 runs after a warm-up")
+        for backend in backends:
+            full_loop(200, backend, tmp, 1, 10, 100)  # compile / load everything once
+            kernel_only(100, backend)
+            k = max(kernel_only(2000, backend) for _ in range(2))
+            sweeps = int(min(200000, max(2000, 4 * k)))  # about 4 s of kernel time
+            if args.quick:
+                sweeps = 2000
+            sweeps -= sweeps % 100
+            k = max(kernel_only(sweeps, backend) for _ in range(3))
+            print(f"   {backend:6s} kernel-only {k:9.1f} sweeps/s of all replicas "
+                  f"({k * R * L * L / 1e9:.2f} spin flips/ns), {sweeps} sweeps per run")
+            for ex, every in CADENCES:
+                f = max(full_loop(sweeps, backend, tmp, ex, every, ckpt_every)
+                        for _ in range(3))
+                print(f"   {backend:6s} full PT loop, exchange every {ex:3d}, sample every "
+                      f"{every:3d}: {f:9.1f} sweeps/s, overhead ratio {k / f:.3f}")
+        ms = checkpoint_ms(tmp)
+        print(f"   one checkpoint: {ms:.2f} ms (R={R} lattices of {L}x{L} plus the ladder "
+              f"state, two flushes)")
+        n = 512 if args.quick else 8192
+        print(f"2. HDF5 streaming writer (scale-offset chunks encoded in process): "
+              f"{write_throughput(tmp, n, 128):.0f} MB/s of int8 spins in blocks of 128 "
+              f"samples, {write_throughput(tmp, n // 4, 1):.0f} MB/s one sample at a time")
+        sweeps = 2000 if args.quick else 40000
+        for backend in backends:
+            for ex, every in ((1, 10), (10, 100)):
+                t1 = mpi_time(1, sweeps, tmp, backend, ex, every)
+                t2 = mpi_time(2, sweeps, tmp, backend, ex, every)
+                print(f"3. {backend:6s} kernels, exchange every {ex:2d}, sample every {every:3d}:"
+                      f" mpiexec -n 1 {t1:.2f} s, -n 2 {t2:.2f} s for {sweeps} sweeps of R={R}: "
+                      f"speedup {t1 / t2:.2f}x")
 
 
 if __name__ == "__main__":

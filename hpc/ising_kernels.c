@@ -22,6 +22,7 @@
  */
 #include "ising_kernels.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -634,6 +635,152 @@ int ising_advance_replicas(int8_t *spins, int64_t R, int64_t L, const uint64_t *
     for (int k = 0; k < rnt; k++)
         free_workspace(&ws[k]);
     free(ws);
+    return rc;
+}
+
+/* --------------------------------------------------------------- parallel tempering */
+enum { ATTEMPTED, ACCEPTED, WINDOW_ATTEMPTED, WINDOW_ACCEPTED };
+
+int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const double *beta_slot,
+                         const int64_t *energy, int64_t *slot_of, int64_t *exch,
+                         int8_t *direction, int64_t *round_trips)
+{
+    if (R < 1 || round_index < 0)
+        return ISING_EBADARG;
+    int64_t *replica_at = malloc((size_t)R * sizeof *replica_at);
+    if (!replica_at)
+        return ISING_ENOMEM;
+    for (int64_t r = 0; r < R; r++)
+        replica_at[slot_of[r]] = r;
+    const uint64_t base = (uint64_t)round_index * (uint64_t)R;
+    for (int64_t k = round_index % 2; k < R - 1; k += 2) {
+        const int64_t a = replica_at[k], b = replica_at[k + 1];
+        const double delta = (beta_slot[k] - beta_slot[k + 1]) * (double)(energy[a] - energy[b]);
+        const double u = (double)(rand64(xkey, base + (uint64_t)k) >> 11) * 0x1p-53;
+        exch[ATTEMPTED * (R - 1) + k]++;
+        exch[WINDOW_ATTEMPTED * (R - 1) + k]++;
+        if (delta >= 0 || u < exp(delta)) {
+            exch[ACCEPTED * (R - 1) + k]++;
+            exch[WINDOW_ACCEPTED * (R - 1) + k]++;
+            slot_of[a] = k + 1;
+            slot_of[b] = k;
+            replica_at[k] = b;
+            replica_at[k + 1] = a;
+        }
+    }
+    const int64_t bottom = replica_at[0], top = replica_at[R - 1];
+    if (direction[bottom] == -1)
+        round_trips[bottom]++;
+    direction[bottom] = 1;
+    if (direction[top] == 1)
+        direction[top] = -1;
+    free(replica_at);
+    return ISING_OK;
+}
+
+/* Site updates in an interval between events below which pt_segment stays on one thread. */
+#define ISING_PT_PARALLEL_MIN_WORK (INT64_C(1) << 20)
+
+/* Smallest x > s with (x - offset) % every == 0 and x > offset. */
+static int64_t next_event(int64_t s, int64_t every, int64_t offset)
+{
+    if (s < offset)
+        return offset + every;
+    return offset + ((s - offset) / every + 1) * every;
+}
+
+int ising_pt_segment(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr_slot,
+                     const uint64_t *padd_slot, const int64_t *nw_slot, const double *beta_slot,
+                     const uint64_t *keys, const uint64_t *wkeys, uint64_t *counters,
+                     int64_t *slot_of, int64_t *exch, int8_t *direction, int64_t *round_trips,
+                     uint64_t xkey, int64_t sweep0, int64_t sweep1, int64_t n_metropolis,
+                     int64_t exchange_every, int64_t sample_every, int64_t thermalize,
+                     int64_t *energy, int64_t *magnet, int64_t *flipped, int8_t *out_spins,
+                     double *out_energy, double *out_magnet, int64_t *out_slot,
+                     int64_t *out_sweep, int64_t capacity, int64_t *n_out, int n_threads)
+{
+    *n_out = 0;
+    if (bad_size(L))
+        return ISING_EBADSIZE;
+    if (R < 1 || sweep0 < 0 || sweep1 < sweep0 || n_metropolis < 0 || exchange_every < 1 ||
+        sample_every < 1 || thermalize < 0 || capacity < 0)
+        return ISING_EBADARG;
+    int wolff = 0;
+    for (int64_t k = 0; k < R; k++) {
+        if (nw_slot[k] < 0 || thr_slot[2 * k + 1] > thr_slot[2 * k] ||
+            slot_of[k] < 0 || slot_of[k] >= R)
+            return ISING_EBADARG;
+        wolff |= nw_slot[k] > 0;
+    }
+    const int64_t N = L * L;
+    const int nt = resolve_threads(n_threads);
+    const int rnt = R < nt ? (int)R : nt;
+    /* per-replica parameters of the current slots, rebuilt after every exchange round */
+    uint64_t *thr = malloc((size_t)R * 2 * sizeof *thr);
+    uint64_t *padd = malloc((size_t)R * sizeof *padd);
+    int64_t *nw = malloc((size_t)R * sizeof *nw);
+    workspace *ws = calloc((size_t)rnt, sizeof *ws);
+    int rc = (thr && padd && nw && ws) ? ISING_OK : ISING_ENOMEM;
+    for (int k = 0; rc == ISING_OK && k < rnt; k++)
+        rc = alloc_workspace(&ws[k], L, 1, wolff);
+    int64_t s = sweep0;
+    while (rc == ISING_OK && s < sweep1) {
+        int64_t nxt = next_event(s, exchange_every, 0);
+        const int64_t ns = next_event(s, sample_every, thermalize);
+        if (ns < nxt)
+            nxt = ns;
+        if (sweep1 < nxt)
+            nxt = sweep1;
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t k = slot_of[r];
+            thr[2 * r] = thr_slot[2 * k];
+            thr[2 * r + 1] = thr_slot[2 * k + 1];
+            padd[r] = padd_slot[k];
+            nw[r] = nw_slot[k];
+        }
+        const batch b = {spins, L, thr, padd, keys, wkeys, counters, s, nxt - s,
+                         n_metropolis, nw, energy, magnet, flipped};
+        /* a parallel region per interval costs thread wake-ups (tens of microseconds with
+         * passive waiting): threads only for intervals with enough work */
+        if (rnt == 1 || (nxt - s) * R * N * (n_metropolis + wolff) < ISING_PT_PARALLEL_MIN_WORK) {
+            for (int64_t r = 0; r < R; r++)
+                advance_one(&b, r, &ws[0], 1);
+        } else {
+            int64_t r;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(rnt) schedule(dynamic, 1)
+#endif
+            for (r = 0; r < R; r++)
+                advance_one(&b, r, &ws[thread_id()], 1);
+        }
+        s = nxt;
+        if (s == sweep1)
+            break;
+        if (s % exchange_every == 0)
+            rc = ising_exchange_round(R, s / exchange_every, xkey, beta_slot, energy, slot_of,
+                                      exch, direction, round_trips);
+        if (rc == ISING_OK && s > thermalize && (s - thermalize) % sample_every == 0) {
+            const int64_t j = *n_out;
+            if (j >= capacity) {
+                rc = ISING_EBADARG;
+                break;
+            }
+            memcpy(out_spins + j * R * N, spins, (size_t)(R * N));
+            for (int64_t r = 0; r < R; r++) {
+                out_energy[j * R + r] = (double)energy[r] / (double)N;
+                out_magnet[j * R + r] = (double)magnet[r] / (double)N;
+                out_slot[j * R + r] = slot_of[r];
+            }
+            out_sweep[j] = s;
+            *n_out = j + 1;
+        }
+    }
+    for (int k = 0; ws && k < rnt; k++)
+        free_workspace(&ws[k]);
+    free(ws);
+    free(nw);
+    free(padd);
+    free(thr);
     return rc;
 }
 

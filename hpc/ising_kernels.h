@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define ISING_ABI_VERSION 1
+#define ISING_ABI_VERSION 2
 
 #define ISING_OK 0
 #define ISING_EBADSIZE (-1)   /* L odd or L < 2 */
@@ -62,6 +62,36 @@ int ising_advance_replicas(int8_t *spins, int64_t R, int64_t L, const uint64_t *
                            uint64_t *counters, int64_t sweep0, int64_t n_sweeps,
                            int64_t n_metropolis, const int64_t *n_wolff, int64_t *energy,
                            int64_t *magnet, int64_t *flipped, int n_threads);
+
+/* One round of parallel-tempering exchanges, equivalent to kernels.exchange_round:
+ * pairs of slots (k, k+1), k = round_index % 2, +2, ...; accept when
+ * delta = (beta_slot[k] - beta_slot[k+1])·(E_a - E_b) >= 0 or u < exp(delta), with
+ * u = (rand64(xkey, round_index·R + k) >> 11)·2^-53. beta_slot double [R]; energy int64 [R]
+ * by replica id; slot_of int64 [R] (updated); exch int64 [4, R-1] attempted, accepted,
+ * window attempted, window accepted (updated); direction int8 [R], round_trips int64 [R]
+ * (updated: a replica back at the lowest T after visiting the highest completes a trip). */
+int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const double *beta_slot,
+                         const int64_t *energy, int64_t *slot_of, int64_t *exch,
+                         int8_t *direction, int64_t *round_trips);
+
+/* Parallel tempering of all R replicas (row r = replica id r) from sweep0 to sweep1,
+ * equivalent to kernels.pt_segment: for every sweep s with sweep0 < s < sweep1, an exchange
+ * round when s % exchange_every == 0, then a sample (in slot order) into out_* when
+ * s > thermalize and (s - thermalize) % sample_every == 0. Per-slot parameters thr_slot
+ * [R, 2], padd_slot [R], nw_slot [R], beta_slot [R]. Sample j, row r (replica r):
+ * out_spins int8 [capacity, R, L, L], out_energy, out_magnet double [capacity, R] per spin,
+ * out_slot int64 [capacity, R] its slot, out_sweep int64 [capacity]; *n_out receives the
+ * number of samples (ISING_EBADARG when more than capacity would be needed). Other
+ * arguments as in ising_advance_replicas. */
+int ising_pt_segment(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr_slot,
+                     const uint64_t *padd_slot, const int64_t *nw_slot, const double *beta_slot,
+                     const uint64_t *keys, const uint64_t *wkeys, uint64_t *counters,
+                     int64_t *slot_of, int64_t *exch, int8_t *direction, int64_t *round_trips,
+                     uint64_t xkey, int64_t sweep0, int64_t sweep1, int64_t n_metropolis,
+                     int64_t exchange_every, int64_t sample_every, int64_t thermalize,
+                     int64_t *energy, int64_t *magnet, int64_t *flipped, int8_t *out_spins,
+                     double *out_energy, double *out_magnet, int64_t *out_slot,
+                     int64_t *out_sweep, int64_t capacity, int64_t *n_out, int n_threads);
 
 /* Totals of one lattice: *e = -Σ s_ij (s_i,j+1 + s_i+1,j), *m = Σ s_ij. */
 int ising_energy_magnetization(const int8_t *spins, int64_t L, int64_t *e, int64_t *m);

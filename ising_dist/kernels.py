@@ -181,6 +181,26 @@ def _wolff_cluster(spins, padd, key, counter, stack, members, mark):
     return n, de, -2 * np.int64(s0) * n, counter
 
 
+@njit(inline="always")
+def _advance_one(lat, thr4, thr8, padd, key, wkey, c, step0, n_steps, n_metropolis, n_wolff,
+                 stack, members, mark, out):
+    """Steps step0 … step0+n_steps-1 of one replica. Returns (dE, dM, flipped, counter)."""
+    de = 0
+    dm = 0
+    nf = 0
+    for t in range(n_steps):
+        for k in range(n_metropolis):
+            a, b = _metropolis_serial(lat, thr4, thr8, key, (step0 + t) * n_metropolis + k, out)
+            de += a
+            dm += b
+        for _ in range(n_wolff):
+            n, a, b, c = _wolff_cluster(lat, padd, wkey, c, stack, members, mark)
+            de += a
+            dm += b
+            nf += n
+    return de, dm, nf, c
+
+
 @njit(parallel=True, cache=True)
 def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
                      n_metropolis, n_wolff, energy, magnet, flipped):
@@ -203,26 +223,141 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
         members = np.empty(W, np.int64)
         mark = np.zeros(W, np.bool_)
         out = np.empty(spins.shape[2], np.int8)
-        lat = spins[r]
-        de = 0
-        dm = 0
-        nf = 0
-        c = counters[r]
-        for t in range(n_sweeps):
-            for k in range(n_metropolis):
-                a, b = _metropolis_serial(lat, thr[r, 0], thr[r, 1], keys[r],
-                                          (sweep0 + t) * n_metropolis + k, out)
-                de += a
-                dm += b
-            for _ in range(n_wolff[r]):
-                n, a, b, c = _wolff_cluster(lat, padd[r], wkeys[r], c, stack, members, mark)
-                de += a
-                dm += b
-                nf += n
+        de, dm, nf, c = _advance_one(spins[r], thr[r, 0], thr[r, 1], padd[r], keys[r],
+                                     wkeys[r], counters[r], sweep0, n_sweeps, n_metropolis,
+                                     n_wolff[r], stack, members, mark, out)
         counters[r] = c
         energy[r] += de
         magnet[r] += dm
         flipped[r] += nf
+
+
+# -- parallel tempering ------------------------------------------------------------------
+# exchange statistics, rows of the int64 [4, R-1] array `exch`
+ATTEMPTED, ACCEPTED, WINDOW_ATTEMPTED, WINDOW_ACCEPTED = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def exchange_round(round_index, xkey, beta_slot, energy, slot_of, exch, direction,
+                   round_trips):
+    """One round of temperature exchanges between neighbouring slots (k, k+1), k even in
+    even rounds and odd in odd rounds, then round-trip bookkeeping.
+
+    beta_slot float64 [R] inverse temperature of each slot (ascending T); energy int64 [R]
+    total energy of replica id r; slot_of int64 [R] slot of replica r (updated); exch int64
+    [4, R-1] attempted/accepted counts, overall and in the adaptive-ladder window (updated);
+    direction int8 [R] (+1: last visited the lowest T, -1: the highest) and round_trips
+    int64 [R] per replica (updated). The uniform of pair k is
+    rand64(xkey, round_index·R + k) / 2^64 (53 bits): every rank computes the same decisions.
+    """
+    R = slot_of.shape[0]
+    replica_at = np.empty(R, np.int64)
+    for r in range(R):
+        replica_at[slot_of[r]] = r
+    base = np.uint64(round_index) * np.uint64(R)
+    for k in range(round_index % 2, R - 1, 2):
+        a = replica_at[k]
+        b = replica_at[k + 1]
+        delta = (beta_slot[k] - beta_slot[k + 1]) * np.float64(energy[a] - energy[b])
+        u = np.float64(rand64(xkey, base + np.uint64(k)) >> np.uint64(11)) * 2.0**-53
+        exch[ATTEMPTED, k] += 1
+        exch[WINDOW_ATTEMPTED, k] += 1
+        if delta >= 0 or u < np.exp(delta):
+            exch[ACCEPTED, k] += 1
+            exch[WINDOW_ACCEPTED, k] += 1
+            slot_of[a] = k + 1
+            slot_of[b] = k
+            replica_at[k] = b
+            replica_at[k + 1] = a
+    bottom = replica_at[0]
+    top = replica_at[R - 1]
+    if direction[bottom] == -1:
+        round_trips[bottom] += 1
+    direction[bottom] = 1
+    if direction[top] == 1:
+        direction[top] = -1
+
+
+@njit(inline="always")
+def next_event(s, every, offset):
+    """Smallest x > s with (x - offset) % every == 0 and x > offset."""
+    if s < offset:
+        return offset + every
+    return offset + ((s - offset) // every + 1) * every
+
+
+PT_PARALLEL_MIN_WORK = 1 << 20  # site updates in an interval between events
+
+
+@njit(inline="always")
+def _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, slot_of, energy,
+                  magnet, flipped, r, step0, n_steps, n_metropolis):
+    """Replica r for n_steps steps at the parameters of its current slot."""
+    k = slot_of[r]
+    W = spins.shape[1] * spins.shape[2] if nw_slot[k] > 0 else 1  # as in advance_replicas
+    stack = np.empty(W, np.int64)
+    members = np.empty(W, np.int64)
+    mark = np.zeros(W, np.bool_)
+    out = np.empty(spins.shape[2], np.int8)
+    de, dm, nf, c = _advance_one(spins[r], thr_slot[k, 0], thr_slot[k, 1], padd_slot[k],
+                                 keys[r], wkeys[r], counters[r], step0, n_steps, n_metropolis,
+                                 nw_slot[k], stack, members, mark, out)
+    counters[r] = c
+    energy[r] += de
+    magnet[r] += dm
+    flipped[r] += nf
+
+
+@njit(parallel=True, nogil=True, cache=True)  # nogil: the writer thread streams meanwhile
+def pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
+               slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
+               exchange_every, sample_every, thermalize, energy, magnet, flipped,
+               out_spins, out_energy, out_magnet, out_slot, out_sweep):
+    """Parallel tempering of all R replicas (one process holds every replica, row r = id r)
+    from sweep0 to sweep1, with the events of every sweep s, sweep0 < s < sweep1:
+    an exchange round (:func:`exchange_round`) when s % exchange_every == 0, then a sample
+    when s > thermalize and (s - thermalize) % sample_every == 0. Events at sweep1 are left
+    to the caller. Same trajectory as advance_replicas + exchange_round called in turn.
+
+    Per-slot parameters: thr_slot uint64 [R, 2], padd_slot uint64 [R], nw_slot int64 [R]
+    (Wolff clusters per step), beta_slot float64 [R]. Sample j, row r (replica r):
+    out_spins int8 [C, R, L, L], out_energy/out_magnet float64 [C, R] per spin, out_slot
+    int64 [C, R] its temperature slot, out_sweep int64 [C]; the caller makes C large enough.
+    Returns the number of samples written. Other arguments as in advance_replicas /
+    exchange_round.
+    """
+    R = spins.shape[0]
+    L = spins.shape[2]
+    N = L * L
+    n_out = 0
+    s = sweep0
+    while s < sweep1:
+        nxt = min(sweep1, next_event(s, exchange_every, 0),
+                  next_event(s, sample_every, thermalize))
+        # threads wake up for every parallel loop: only for intervals with enough work
+        if (nxt - s) * R * N < PT_PARALLEL_MIN_WORK:
+            for r in range(R):
+                _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters,
+                              slot_of, energy, magnet, flipped, r, s, nxt - s, n_metropolis)
+        else:
+            for r in prange(R):
+                _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters,
+                              slot_of, energy, magnet, flipped, r, s, nxt - s, n_metropolis)
+        s = nxt
+        if s == sweep1:
+            break
+        if s % exchange_every == 0:
+            exchange_round(s // exchange_every, xkey, beta_slot, energy, slot_of, exch,
+                           direction, round_trips)
+        if s > thermalize and (s - thermalize) % sample_every == 0:
+            for r in range(R):
+                out_spins[n_out, r] = spins[r]
+                out_energy[n_out, r] = energy[r] / N
+                out_magnet[n_out, r] = magnet[r] / N
+                out_slot[n_out, r] = slot_of[r]
+            out_sweep[n_out] = s
+            n_out += 1
+    return n_out
 
 
 @njit(cache=True)

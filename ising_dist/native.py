@@ -7,7 +7,10 @@ same signatures, same counter-based random streams, bit-identical lattices and i
 Build the library with ``cmake -S . -B build && cmake --build build``. It is looked up at
 ``$ISING_NATIVE_LIB``, then ``<repo>/build/libising_kernels.so``, then
 ``<repo>/build/hpc/libising_kernels.so``. Threads: ``n_threads`` argument, else
-``OMP_NUM_THREADS``, else all cores (OpenMP's default).
+``OMP_NUM_THREADS`` as it was when the library was loaded, else the cores this process may
+run on. The count is always passed explicitly: numba's OpenMP threading layer, once
+launched, sets OpenMP's default for the whole process to its own thread count (it turned
+OMP_NUM_THREADS=1 into 2 threads per MPI rank), so the library's default is never used.
 
 Use :func:`select_backend` to get the kernel functions of one backend::
 
@@ -25,7 +28,7 @@ import numpy as np
 
 BUILD_HINT = "cmake -S . -B build && cmake --build build"
 LIB_NAME = "libising_kernels.so"
-ABI_VERSION = 1  # must equal ISING_ABI_VERSION in hpc/ising_kernels.h
+ABI_VERSION = 2  # must equal ISING_ABI_VERSION in hpc/ising_kernels.h
 
 # "auto" prefers the native backend when the library is built: it was faster in every
 # Metropolis workload of `python -m benchmarks.native`, and even or faster for Wolff
@@ -49,10 +52,10 @@ _lib_error = None
 # Array arguments are passed as plain addresses (see _ptr), after their dtype, shape and
 # layout were checked here: typed ctypes pointers cost microseconds per array per call,
 # which is as long as a whole sweep of a small lattice.
-_i8p = _u64p = _i64p = ctypes.c_void_p
+_i8p = _u64p = _i64p = _f64p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
-_I8, _I64, _U64 = np.dtype(np.int8), np.dtype(np.int64), np.dtype(np.uint64)
+_I8, _I64, _U64, _F64 = (np.dtype(t) for t in (np.int8, np.int64, np.uint64, np.float64))
 
 
 def candidate_paths():
@@ -105,6 +108,11 @@ def _declare(lib):
     lib.ising_advance_replicas.argtypes = [_i8p, _i64, _i64, _u64p, _u64p, _u64p, _u64p, _u64p,
                                            _i64, _i64, _i64, _i64p, _i64p, _i64p, _i64p,
                                            ctypes.c_int]
+    lib.ising_pt_segment.restype = ctypes.c_int
+    lib.ising_pt_segment.argtypes = [_i8p, _i64, _i64, _u64p, _u64p, _i64p, _f64p, _u64p, _u64p,
+                                     _u64p, _i64p, _i64p, _i8p, _i64p, _u64, _i64, _i64, _i64,
+                                     _i64, _i64, _i64, _i64p, _i64p, _i64p, _i8p, _f64p, _f64p,
+                                     _i64p, _i64p, _i64, ctypes.POINTER(_i64), ctypes.c_int]
     lib.ising_energy_magnetization.restype = ctypes.c_int
     lib.ising_energy_magnetization.argtypes = [_i8p, _i64, ctypes.POINTER(_i64),
                                                ctypes.POINTER(_i64)]
@@ -118,6 +126,47 @@ def available():
     return _load() is not None
 
 
+MPI_LIB_NAME = "libising_pt_mpi.so"
+_mpi_lib = None
+
+
+def mpi_segment_available(mpi):
+    """True when libising_pt_mpi.so (built by CMake next to the kernel library when MPI was
+    found) is loadable and calls the same, initialised MPI library as mpi4py's module
+    ``mpi``; then :func:`pt_segment_mpi` can be used. A library linked against another MPI
+    (e.g. Debian's MPICH under .venv-parallel) is left alone."""
+    global _mpi_lib
+    if _mpi_lib is not None:
+        return bool(_mpi_lib)
+    _mpi_lib = False
+    lib = _load()
+    if lib is None:
+        return False
+    kernels_path = Path(lib._name)
+    path = kernels_path.with_name(MPI_LIB_NAME)
+    if not path.is_file():
+        return False
+    try:
+        mlib = ctypes.CDLL(str(path))
+        if mlib.ising_pt_mpi_abi_version() != ABI_VERSION:
+            return False
+        buf = ctypes.create_string_buffer(8192)
+        mlib.ising_pt_mpi_library_version(buf, len(buf))
+    except (OSError, AttributeError):
+        return False
+    if mlib.ising_pt_mpi_initialized() != 1 or \
+            buf.value.decode(errors="replace").strip() != mpi.Get_library_version().strip():
+        return False
+    mlib.ising_pt_segment_mpi.restype = ctypes.c_int
+    mlib.ising_pt_segment_mpi.argtypes = (
+        [ctypes.c_int, _i64p, _i64p, _i64, _i8p, _i64, _i64, _i64, _u64p, _u64p, _i64p, _f64p,
+         _u64p, _u64p, _u64p, _i64p, _i64p, _i8p, _i64p, _u64, _i64, _i64, _i64, _i64, _i64,
+         _i64, _i64p, _i64p, _i64p, _i64p, _i8p, _f64p, _f64p, _i64p, _i64p, _i64,
+         ctypes.POINTER(_i64), ctypes.c_int])
+    _mpi_lib = mlib
+    return True
+
+
 def library():
     """The loaded ctypes library; RuntimeError naming the build command when it is missing."""
     lib = _load()
@@ -129,9 +178,19 @@ def library():
     return lib
 
 
+_default_threads = None
+
+
 def max_threads():
-    """Threads the native kernels use when n_threads is not given."""
-    return int(library().ising_max_threads())
+    """Threads the native kernels use when n_threads is not given: OMP_NUM_THREADS when the
+    library was first used, else the cores available to this process."""
+    global _default_threads
+    if _default_threads is None:
+        library()
+        value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+        _default_threads = int(value) if value.isdigit() and int(value) > 0 else \
+            len(os.sched_getaffinity(0))
+    return _default_threads
 
 
 # ------------------------------------------------------------------------------ validation
@@ -173,7 +232,7 @@ def _lattices(spins, ndim):
 
 def _threads(n_threads):
     if n_threads is None:
-        return 0
+        return max_threads()
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) \
             or n_threads < 1:
         raise ValueError(f"n_threads={n_threads!r}: must be a positive integer or None")
@@ -216,7 +275,7 @@ def metropolis_sweep(spins, thr, key, sweep, scratch, n_threads=None):
     Same contract as :func:`ising_dist.kernels.metropolis_sweep`: spins int8 [L, L] updated
     in place; thr uint64 [2] from metropolis_thresholds; key uint64 stream key; sweep the
     sweep index selecting the random numbers; scratch int8 [L, L] work array.
-    Returns (dE, dM) int totals. n_threads: None = OpenMP default.
+    Returns (dE, dM) int totals. n_threads: None = :func:`max_threads`.
     """
     lib = library()
     L = _lattices(spins, 2)
@@ -260,6 +319,104 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
     _check(rc, "advance_replicas")
 
 
+def pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
+               slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
+               exchange_every, sample_every, thermalize, energy, magnet, flipped,
+               out_spins, out_energy, out_magnet, out_slot, out_sweep, n_threads=None):
+    """Parallel tempering of all replicas from sweep0 to sweep1 with the exchanges and
+    samples in between; same contract as :func:`ising_dist.kernels.pt_segment`.
+    Returns the number of samples written to out_*."""
+    lib = library()
+    L = _lattices(spins, 3)
+    R = spins.shape[0]
+    if R < 1:
+        raise ValueError("pt_segment needs at least one replica")
+    _array("thr_slot", thr_slot, _U64, (R, 2))
+    for name, a, dt in (("padd_slot", padd_slot, _U64), ("nw_slot", nw_slot, _I64),
+                        ("beta_slot", beta_slot, _F64), ("keys", keys, _U64),
+                        ("wkeys", wkeys, _U64)):
+        _array(name, a, dt, (R,))
+    for name, a, dt in (("counters", counters, _U64), ("slot_of", slot_of, _I64),
+                        ("direction", direction, _I8), ("round_trips", round_trips, _I64),
+                        ("energy", energy, _I64), ("magnet", magnet, _I64),
+                        ("flipped", flipped, _I64)):
+        _array(name, a, dt, (R,), writeable=True)
+    _array("exch", exch, _I64, (4, R - 1), writeable=True)
+    cap = out_sweep.shape[0] if isinstance(out_sweep, np.ndarray) else -1
+    _array("out_spins", out_spins, _I8, (cap, R, L, L), writeable=True)
+    for name, a, dt in (("out_energy", out_energy, _F64), ("out_magnet", out_magnet, _F64),
+                        ("out_slot", out_slot, _I64)):
+        _array(name, a, dt, (cap, R), writeable=True)
+    _array("out_sweep", out_sweep, _I64, (cap,), writeable=True)
+    n_out = _i64()
+    rc = lib.ising_pt_segment(
+        _ptr(spins), R, L, _ptr(thr_slot), _ptr(padd_slot), _ptr(nw_slot), _ptr(beta_slot),
+        _ptr(keys), _ptr(wkeys), _ptr(counters), _ptr(slot_of), _ptr(exch), _ptr(direction),
+        _ptr(round_trips), _key(xkey), _count("sweep0", sweep0), _count("sweep1", sweep1),
+        _count("n_metropolis", n_metropolis), _count("exchange_every", exchange_every),
+        _count("sample_every", sample_every), _count("thermalize", thermalize),
+        _ptr(energy), _ptr(magnet), _ptr(flipped), _ptr(out_spins), _ptr(out_energy),
+        _ptr(out_magnet), _ptr(out_slot), _ptr(out_sweep), cap, n_out, _threads(n_threads))
+    _check(rc, "pt_segment")
+    return n_out.value
+
+
+def pt_segment_mpi(comm, counts, displs, id0, spins, thr_slot, padd_slot, nw_slot,
+                   beta_slot, keys, wkeys, counters, slot_of, exch, direction, round_trips,
+                   xkey, sweep0, sweep1, n_metropolis, exchange_every, sample_every,
+                   thermalize, energy, magnet, flipped, energy_all, out_spins, out_energy,
+                   out_magnet, out_slot, out_sweep, n_threads=None):
+    """:func:`pt_segment` across MPI ranks (collective over mpi4py communicator ``comm``):
+    this rank holds replicas id0 … id0+R_local-1 (rows of spins, keys, counters, energy,
+    magnet, flipped); counts, displs int32 [size] every rank's block. slot_of, exch,
+    direction, round_trips and energy_all int64 [R] (energies by replica id at the last
+    exchange round) are global, identical on every rank. Samples hold the local replicas
+    (out_* rows as in pt_segment, R_local wide). Needs :func:`mpi_segment_available`."""
+    if not _mpi_lib:
+        raise RuntimeError("libising_pt_mpi.so is not usable here (see mpi_segment_available)")
+    L = _lattices(spins, 3)
+    n_local = spins.shape[0]
+    R = slot_of.shape[0] if isinstance(slot_of, np.ndarray) else -1
+    size = comm.Get_size()
+    _array("counts", counts, np.dtype(np.int32), (size,))
+    _array("displs", displs, np.dtype(np.int32), (size,))
+    if not (1 <= n_local and 0 <= id0 and id0 + n_local <= R and counts.sum() == R):
+        raise ValueError(f"replica block id0={id0}, {n_local} replicas does not fit R={R} "
+                         f"and counts={counts.tolist()}")
+    _array("thr_slot", thr_slot, _U64, (R, 2))
+    for name, a, dt in (("padd_slot", padd_slot, _U64), ("nw_slot", nw_slot, _I64),
+                        ("beta_slot", beta_slot, _F64), ("slot_of", slot_of, _I64),
+                        ("direction", direction, _I8), ("round_trips", round_trips, _I64),
+                        ("energy_all", energy_all, _I64)):
+        _array(name, a, dt, (R,), writeable=name not in ("padd_slot", "nw_slot", "beta_slot"))
+    for name, a, dt in (("keys", keys, _U64), ("wkeys", wkeys, _U64),
+                        ("counters", counters, _U64), ("energy", energy, _I64),
+                        ("magnet", magnet, _I64), ("flipped", flipped, _I64)):
+        _array(name, a, dt, (n_local,), writeable=name not in ("keys", "wkeys"))
+    _array("exch", exch, _I64, (4, R - 1), writeable=True)
+    cap = out_sweep.shape[0] if isinstance(out_sweep, np.ndarray) else -1
+    _array("out_spins", out_spins, _I8, (cap, n_local, L, L), writeable=True)
+    for name, a, dt in (("out_energy", out_energy, _F64), ("out_magnet", out_magnet, _F64),
+                        ("out_slot", out_slot, _I64)):
+        _array(name, a, dt, (cap, n_local), writeable=True)
+    _array("out_sweep", out_sweep, _I64, (cap,), writeable=True)
+    n_out = _i64()
+    rc = _mpi_lib.ising_pt_segment_mpi(
+        comm.py2f(), counts.ctypes.data, displs.ctypes.data, int(id0), _ptr(spins), n_local,
+        R, L, _ptr(thr_slot), _ptr(padd_slot), _ptr(nw_slot), _ptr(beta_slot), _ptr(keys),
+        _ptr(wkeys), _ptr(counters), _ptr(slot_of), _ptr(exch), _ptr(direction),
+        _ptr(round_trips), _key(xkey), _count("sweep0", sweep0), _count("sweep1", sweep1),
+        _count("n_metropolis", n_metropolis), _count("exchange_every", exchange_every),
+        _count("sample_every", sample_every), _count("thermalize", thermalize),
+        _ptr(energy), _ptr(magnet), _ptr(flipped), _ptr(energy_all), _ptr(out_spins),
+        _ptr(out_energy), _ptr(out_magnet), _ptr(out_slot), _ptr(out_sweep), cap, n_out,
+        _threads(n_threads))
+    if rc >= 1000:
+        raise RuntimeError(f"pt_segment_mpi: MPI error code {rc - 1000}")
+    _check(rc, "pt_segment_mpi")
+    return n_out.value
+
+
 def energy_magnetization(spins):
     """Totals (E, M) of one int8 [L, L] lattice: E = -Σ right+down bonds, M = Σ s."""
     lib = library()
@@ -280,7 +437,7 @@ BACKENDS = ("native", "numba", "auto")
 def select_backend(name=None):
     """Kernel functions of one backend, as a namespace with the attributes
     ``name, metropolis_sweep, advance_replicas, energy_magnetization, metropolis_thresholds,
-    wolff_threshold`` (same signatures in both backends).
+    wolff_threshold, pt_segment`` (same signatures in both backends).
 
     name: "native" needs the built library (RuntimeError naming the build command
     otherwise); "numba" always works; "auto" is native when it is built (see
@@ -301,9 +458,11 @@ def select_backend(name=None):
                                advance_replicas=advance_replicas,
                                energy_magnetization=energy_magnetization,
                                metropolis_thresholds=kernels.metropolis_thresholds,
-                               wolff_threshold=kernels.wolff_threshold)
+                               wolff_threshold=kernels.wolff_threshold,
+                               pt_segment=pt_segment)
     return SimpleNamespace(name="numba", metropolis_sweep=kernels.metropolis_sweep,
                            advance_replicas=kernels.advance_replicas,
                            energy_magnetization=kernels.energy_magnetization,
                            metropolis_thresholds=kernels.metropolis_thresholds,
-                           wolff_threshold=kernels.wolff_threshold)
+                           wolff_threshold=kernels.wolff_threshold,
+                           pt_segment=kernels.pt_segment)

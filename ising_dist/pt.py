@@ -23,7 +23,6 @@ A checkpoint at s holds the state after all events at s, so a resumed run contin
 """
 
 import argparse
-import math
 import os
 import signal
 import sys
@@ -70,15 +69,16 @@ class ParallelTempering:
         self.total = cfg.thermalize + cfg.sweeps
         self.adapt_until = (3 * cfg.thermalize) // 4 if cfg.ladder == "adaptive" else 0
         self.xkey = exchange_key(cfg.seed)
-        ids = np.array_split(np.arange(R), comm.size)[comm.rank]
+        self._blocks = np.array_split(np.arange(R), comm.size)
+        self._sync_row = np.zeros(max(map(len, self._blocks)) + 1, np.int64)
+        ids = self._blocks[comm.rank]
         if ckpt is None:
             self.chains = Chains.create(L, cfg.seed, ids, start=cfg.start, backend=cfg.backend)
             self.temps = cfg.ladder_temperatures()
             self.slot_of = np.arange(R, dtype=np.int64)
             self.direction = np.zeros(R, np.int8)
             self.round_trips = np.zeros(R, np.int64)
-            self.attempted, self.accepted = np.zeros(R - 1, np.int64), np.zeros(R - 1, np.int64)
-            self.win_att, self.win_acc = np.zeros(R - 1, np.int64), np.zeros(R - 1, np.int64)
+            self.exch = np.zeros((4, R - 1), np.int64)
             self.n_wolff = np.full(R, cfg.n_wolff, np.int64)
             self.sweep = 0
             if cfg.algorithm == "wolff":
@@ -90,12 +90,30 @@ class ParallelTempering:
             self.slot_of = ckpt["slot_of"].copy()
             self.direction = ckpt["direction"].copy()
             self.round_trips = ckpt["round_trips"].copy()
-            self.attempted, self.accepted = ckpt["attempted"][:R - 1], ckpt["accepted"][:R - 1]
-            self.win_att = ckpt["window_attempted"][:R - 1]
-            self.win_acc = ckpt["window_accepted"][:R - 1]
+            self.exch = np.array([ckpt[name][:R - 1] for name in (
+                "attempted", "accepted", "window_attempted", "window_accepted")], np.int64)
             self.n_wolff = ckpt["n_wolff"].copy()
             self.sweep = int(ckpt["position"][0])
+        # views of the exchange statistics (rows of exch, updated in place by the kernels)
+        self.attempted, self.accepted, self.win_att, self.win_acc = self.exch
         self.energy = np.zeros(R, np.int64)
+        # The sweeps between Python-level events, with their exchanges and samples, run in
+        # compiled code when one rank holds every replica (kernels.pt_segment, either
+        # backend) or, across ranks, with the native kernels and libising_pt_mpi.so
+        # (native.pt_segment_mpi); otherwise this loop handles every exchange and sample.
+        self.compiled = comm.size == 1 or (
+            self.chains.kern.name == "native" and native.mpi_segment_available(comm.mpi))
+        if self.compiled:
+            n = len(ids)
+            # boundaries depend only on (R, L): the same on every rank
+            cap = max(1, min(1024, 2**23 // (R * self.N)))  # ≤ 8 MiB of buffered samples
+            self.buf = dict(spins=np.empty((cap, n, L, L), np.int8),
+                            energy=np.empty((cap, n)), magnet=np.empty((cap, n)),
+                            slot=np.empty((cap, n), np.int64), sweep=np.empty(cap, np.int64))
+            # a segment is a few tens of ms of work: stop requests and progress stay prompt
+            self.max_segment = max(1, 2**26 // (R * self.N))
+            self._counts = np.array([len(b) for b in self._blocks], np.int32)
+            self._displs = np.array([b[0] for b in self._blocks], np.int32)
         self.stop_requested = False
         self.stopped = False
         self.progress = None
@@ -106,9 +124,12 @@ class ParallelTempering:
         self._start_progress()
         while self.sweep < self.total and not self.stopped:
             s = self._next_event()
-            slots = self.slot_of[self.chains.replica_ids]
-            self.chains.advance(1.0 / self.temps[slots], s - self.sweep, self.sweep,
-                                cfg.algorithm, cfg.n_metropolis, self.n_wolff[slots])
+            if self.compiled:
+                self._segment(s)
+            else:
+                slots = self.slot_of[self.chains.replica_ids]
+                self.chains.advance(1.0 / self.temps[slots], s - self.sweep, self.sweep,
+                                    cfg.algorithm, cfg.n_metropolis, self.n_wolff[slots])
             self.sweep = s
             stop = self._sync()
             if cfg.algorithm == "wolff" and s == cfg.thermalize:
@@ -130,46 +151,75 @@ class ParallelTempering:
             self.progress.close()
 
     def _next_event(self):
+        """The next sweep with events handled here, in Python. Compiled segments do the
+        exchanges and samples of the sweeps before the one returned."""
         cfg, s = self.cfg, self.sweep
-        candidates = [self.total, next_multiple(s, cfg.exchange_every),
-                      next_multiple(s, cfg.checkpoint_every)]
+        candidates = [self.total, next_multiple(s, cfg.checkpoint_every)]
         if s < cfg.thermalize:
             candidates.append(cfg.thermalize)
-        else:
-            candidates.append(next_multiple(s, cfg.sample_every, cfg.thermalize))
+        if not self.compiled:
+            candidates.append(next_multiple(s, cfg.exchange_every))
+            if s >= cfg.thermalize:
+                candidates.append(next_multiple(s, cfg.sample_every, cfg.thermalize))
+            return min(candidates)
+        candidates.append(s + self.max_segment)
+        if s >= cfg.thermalize:  # at most cap samples strictly before the returned sweep
+            cap = self.buf["sweep"].shape[0]
+            candidates.append(next_multiple(s, cfg.sample_every, cfg.thermalize)
+                              + cap * cfg.sample_every)
+        if s < self.adapt_until:
+            n = s // cfg.exchange_every  # next exchange round a·(2^k − 1) after sweep s
+            a, k = cfg.adapt_every, 1
+            while a * (2**k - 1) <= n:
+                k += 1
+            candidates.append(a * (2**k - 1) * cfg.exchange_every)
         return min(candidates)
+
+    def _segment(self, s):
+        """Advance to sweep s in compiled code, with the exchanges and samples of the sweeps
+        in between; stream the samples."""
+        cfg, ch, b = self.cfg, self.chains, self.buf
+        algorithm = cfg.algorithm
+        n_metropolis = 0 if algorithm == "wolff" else (1 if algorithm == "metropolis"
+                                                       else cfg.n_metropolis)
+        n_wolff = np.zeros(self.R, np.int64) if algorithm == "metropolis" else self.n_wolff
+        beta = 1.0 / self.temps
+        common = (kernels.metropolis_thresholds(beta), kernels.wolff_threshold(beta), n_wolff,
+                  beta, ch.keys, ch.wkeys, ch.counters, self.slot_of, self.exch,
+                  self.direction, self.round_trips, self.xkey, self.sweep, s, n_metropolis,
+                  cfg.exchange_every, cfg.sample_every, cfg.thermalize, ch.energy, ch.magnet,
+                  ch.flipped)
+        out = (b["spins"], b["energy"], b["magnet"], b["slot"], b["sweep"])
+        if self.comm.size == 1:
+            n = ch.kern.pt_segment(ch.spins, *common, *out)
+        else:
+            n = native.pt_segment_mpi(self.comm.comm, self._counts, self._displs,
+                                      int(ch.replica_ids[0]), ch.spins, *common, self.energy,
+                                      *out)
+        if n:
+            self.writer.sample_block(b["sweep"][:n], ch.replica_ids, b["slot"][:n],
+                                     b["spins"][:n], b["energy"][:n], b["magnet"][:n])
 
     def _sync(self):
         """Share energies of all replicas and whether any rank was asked to stop."""
-        parts = self.comm.allgather((self.chains.replica_ids, self.chains.energy,
-                                     self.stop_requested))
-        for ids, e, _ in parts:
-            self.energy[ids] = e
-        return any(p[2] for p in parts)
+        if self.comm.size == 1:
+            self.energy[:] = self.chains.energy
+            return self.stop_requested
+        # ranks hold contiguous blocks of replica ids (np.array_split): one int64 row each,
+        # [energies of the block, padding, stop flag]
+        row = self._sync_row
+        n = len(self.chains.replica_ids)
+        row[:n] = self.chains.energy
+        row[-1] = self.stop_requested
+        rows = self.comm.allgather_array(row)
+        self.energy[:] = np.concatenate([rows[p, :len(ids)]
+                                         for p, ids in enumerate(self._blocks)])
+        return bool(rows[:, -1].any())
 
     # -- events ---------------------------------------------------------------------------
     def _exchange(self, round_index):
-        R = self.R
-        replica_at = np.argsort(self.slot_of)
-        beta = 1.0 / self.temps
-        base = np.uint64(round_index) * np.uint64(R)
-        for k in range(round_index % 2, R - 1, 2):
-            a, b = replica_at[k], replica_at[k + 1]
-            delta = (beta[k] - beta[k + 1]) * float(self.energy[a] - self.energy[b])
-            u = float(kernels.rand64(self.xkey, base + np.uint64(k)) >> np.uint64(11)) * 2.0**-53
-            self.attempted[k] += 1
-            self.win_att[k] += 1
-            if delta >= 0 or u < math.exp(delta):
-                self.accepted[k] += 1
-                self.win_acc[k] += 1
-                self.slot_of[a], self.slot_of[b] = k + 1, k
-        replica_at = np.argsort(self.slot_of)
-        bottom, top = replica_at[0], replica_at[-1]
-        if self.direction[bottom] == -1:
-            self.round_trips[bottom] += 1
-        self.direction[bottom] = 1
-        if self.direction[top] == 1:
-            self.direction[top] = -1
+        kernels.exchange_round(round_index, self.xkey, 1.0 / self.temps, self.energy,
+                               self.slot_of, self.exch, self.direction, self.round_trips)
 
     def _adapt(self):
         """Move the inner temperatures so neighbour acceptance becomes equal (feedback on
@@ -418,7 +468,7 @@ def main(argv=None):
             print(summary_table(cfg.out))
             trips = int(pt.round_trips.sum())
             print(f"done: {pt.total} sweeps of {cfg.replicas} replicas (L={cfg.L}) on "
-                  f"{comm.size} rank(s) in {elapsed:.1f} s ({pt.chains.kern.name} kernels); "
+                  f"{comm.size} rank(s) in {elapsed:.2f} s ({pt.chains.kern.name} kernels); "
                   f"replica round trips: {trips}")
         print(f"output: {os.path.abspath(cfg.out)}", flush=True)
     return 0

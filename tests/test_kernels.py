@@ -183,3 +183,101 @@ def test_initial_lattice_is_random_and_reproducible():
     a = initial_lattice(64, 123)
     assert np.array_equal(a, initial_lattice(64, 123))
     assert abs(a.mean()) < 4 / 64  # 4σ for 4096 fair coin flips
+
+
+# ------------------------------------------------------------------ parallel-tempering segment
+def pt_state(L, R, seed, algorithm, tmin=1.6, tmax=3.4):
+    """Arguments of kernels.pt_segment for R replicas on a ladder from tmin to tmax."""
+    beta = 1.0 / np.geomspace(tmin, tmax, R)
+    ch = Chains.create(L, seed, range(R), backend="numba")
+    nw = np.zeros(R, np.int64) if algorithm == "metropolis" else np.arange(R, dtype=np.int64) % 3 + 1
+    nm = {"metropolis": 1, "wolff": 0, "hybrid": 2}[algorithm]
+    return dict(spins=ch.spins, thr_slot=kernels.metropolis_thresholds(beta),
+                padd_slot=kernels.wolff_threshold(beta), nw_slot=nw, beta_slot=beta,
+                keys=ch.keys, wkeys=ch.wkeys, counters=ch.counters,
+                slot_of=np.random.default_rng(seed).permutation(R).astype(np.int64),
+                exch=np.zeros((4, R - 1), np.int64), direction=np.zeros(R, np.int8),
+                round_trips=np.zeros(R, np.int64), xkey=np.uint64(12345 + seed), n_metropolis=nm,
+                energy=ch.energy, magnet=ch.magnet, flipped=ch.flipped)
+
+
+def run_segment(fn, st, sweep0, sweep1, exchange_every, sample_every, thermalize, cap, **kw):
+    st = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+    R, L = st["spins"].shape[0], st["spins"].shape[2]
+    out = dict(out_spins=np.zeros((cap, R, L, L), np.int8), out_energy=np.zeros((cap, R)),
+               out_magnet=np.zeros((cap, R)), out_slot=np.zeros((cap, R), np.int64),
+               out_sweep=np.zeros(cap, np.int64))
+    s = st
+    n = fn(s["spins"], s["thr_slot"], s["padd_slot"], s["nw_slot"], s["beta_slot"], s["keys"],
+           s["wkeys"], s["counters"], s["slot_of"], s["exch"], s["direction"],
+           s["round_trips"], s["xkey"], sweep0, sweep1, s["n_metropolis"], exchange_every,
+           sample_every, thermalize, s["energy"], s["magnet"], s["flipped"], *out.values(), **kw)
+    st.update({k: v[:n] for k, v in out.items()})
+    return st
+
+
+def reference_segment(st, sweep0, sweep1, exchange_every, sample_every, thermalize):
+    """pt_segment's contract, one sweep at a time with advance_replicas and exchange_round."""
+    st = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+    R, N = st["spins"].shape[0], st["spins"][0].size
+    samples = []
+    for s in range(sweep0 + 1, sweep1 + 1):
+        k = st["slot_of"]
+        kernels.advance_replicas(st["spins"], st["thr_slot"][k], st["padd_slot"][k], st["keys"],
+                                 st["wkeys"], st["counters"], s - 1, 1, st["n_metropolis"],
+                                 st["nw_slot"][k], st["energy"], st["magnet"], st["flipped"])
+        if s == sweep1:
+            break
+        if s % exchange_every == 0:
+            kernels.exchange_round(s // exchange_every, st["xkey"], st["beta_slot"],
+                                   st["energy"], st["slot_of"], st["exch"], st["direction"],
+                                   st["round_trips"])
+        if s > thermalize and (s - thermalize) % sample_every == 0:
+            samples.append((st["spins"].copy(), st["energy"] / N, st["magnet"] / N,
+                            st["slot_of"].copy(), s))
+    for name, j in (("out_spins", 0), ("out_energy", 1), ("out_magnet", 2),
+                    ("out_slot", 3), ("out_sweep", 4)):
+        st[name] = np.array([x[j] for x in samples])
+    return st
+
+
+@pytest.mark.parametrize("algorithm", ["metropolis", "wolff", "hybrid"])
+@pytest.mark.parametrize("L,R,exchange_every,sample_every,n_samples", [
+    (6, 5, 3, 5, 15),
+    (64, 4, 200, 300, 3),  # intervals of >= 2^20 site updates: the prange branch
+])
+def test_pt_segment_equals_sweep_by_sweep_exchanges_and_samples(
+        algorithm, L, R, exchange_every, sample_every, n_samples):
+    # a ladder narrow enough for exchanges to be accepted at L=64 too
+    st = pt_state(L, R, seed=3, algorithm=algorithm, tmax=3.4 if L < 64 else 1.62)
+    # thermalization ends inside the segment; cadences coprime so events interleave
+    sweep1 = 40 + n_samples * sample_every + 1
+    got = run_segment(kernels.pt_segment, st, 7, sweep1, exchange_every, sample_every, 40,
+                      cap=32)
+    ref = reference_segment(st, 7, sweep1, exchange_every, sample_every, 40)
+    assert len(got["out_sweep"]) == n_samples and got["out_sweep"][0] == 40 + sample_every
+    for name, v in ref.items():
+        assert np.array_equal(np.asarray(got[name]), np.asarray(v)), f"{name} differs"
+    rounds = range(7 // exchange_every + 1, (sweep1 - 1) // exchange_every + 1)
+    assert got["exch"][0].sum() == sum(len(range(n % 2, R - 1, 2)) for n in rounds)
+    assert got["exch"][1].sum() > 0
+    for r in range(R):
+        assert (got["energy"][r], got["magnet"][r]) == \
+            kernels.energy_magnetization(got["spins"][r])
+
+
+def test_exchange_round_detailed_balance_two_levels():
+    """Two replicas whose energies differ by dE: acceptance = min(1, exp(Δβ·dE)), within 4σ."""
+    beta = np.array([0.5, 0.4])
+    energy = np.array([-100, -90], np.int64)  # replica 0 at slot 0 (cold) has the lower E
+    p = np.exp((beta[0] - beta[1]) * (energy[0] - energy[1]))  # Δβ·ΔE < 0: p = e^-1
+    acc, n = 0, 20000
+    for rnd in range(0, 2 * n, 2):  # even rounds attempt the pair (0, 1)
+        slot_of = np.array([0, 1], np.int64)
+        exch = np.zeros((4, 1), np.int64)
+        kernels.exchange_round(rnd, np.uint64(99), beta, energy, slot_of, exch,
+                               np.zeros(2, np.int8), np.zeros(2, np.int64))
+        acc += exch[1, 0]
+        assert slot_of.tolist() == ([1, 0] if exch[1, 0] else [0, 1])
+    sigma = np.sqrt(p * (1 - p) / n)
+    assert abs(acc / n - p) < 4 * sigma

@@ -135,6 +135,26 @@ def test_omp_num_threads_does_not_change_results():
         assert rest == expected, f"OMP_NUM_THREADS={threads}: result differs from numba"
 
 
+@needs_lib
+def test_thread_count_survives_numba_launching_its_openmp_layer():
+    """numba's OpenMP layer sets OpenMP's process-wide default to its own thread count when
+    it starts; the kernels must keep the OMP_NUM_THREADS the run asked for (MPI ranks)."""
+    script = textwrap.dedent("""
+        import numba
+        from ising_dist import native
+        print(native.max_threads())
+        numba.set_num_threads(1)  # launches numba's threading layer
+        print(native.max_threads(), native.library().ising_max_threads(),
+              numba.threading_layer())
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out[:2] == ["1", "1"], out
+    if out[3] == "omp":  # the situation that motivated passing the count explicitly
+        assert out[2] == "2", out
+
+
 # ------------------------------------------------------------------------------ physics
 @needs_lib
 @pytest.mark.parametrize("algorithm", ["metropolis", "hybrid"])
@@ -250,3 +270,32 @@ def test_missing_library_names_the_build_command(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="not built"):
         native.metropolis_sweep(np.ones((4, 4), np.int8), kernels.metropolis_thresholds(0.4),
                                 np.uint64(1), 0, np.empty((4, 4), np.int8))
+
+
+# ------------------------------------------------------ bit-identity: tempering segment
+@needs_lib
+@pytest.mark.parametrize("algorithm", ["metropolis", "wolff", "hybrid"])
+@pytest.mark.parametrize("L,R,exchange_every,sample_every,n_samples", [
+    (4, 2, 2, 7, 21), (8, 6, 2, 7, 21), (64, 3, 2, 7, 21),
+    (64, 4, 200, 300, 3),  # intervals of >= 2^20 site updates: threads in the C loop
+])
+def test_pt_segment_is_bit_identical_to_numba(algorithm, L, R, exchange_every, sample_every,
+                                              n_samples):
+    from tests.test_kernels import pt_state, run_segment
+    st = pt_state(L, R, seed=R, algorithm=algorithm)
+    cadence = (3, 50 + n_samples * sample_every + 1, exchange_every, sample_every, 50)
+    ref = run_segment(kernels.pt_segment, st, *cadence, cap=40)
+    assert len(ref["out_sweep"]) == n_samples
+    for n_threads in (1, 2, 3):
+        got = run_segment(native.pt_segment, st, *cadence, cap=40, n_threads=n_threads)
+        for name, v in ref.items():
+            assert np.array_equal(np.asarray(got[name]), np.asarray(v)), \
+                f"{algorithm} L={L} R={R} threads={n_threads}: {name} differs"
+
+
+@needs_lib
+def test_pt_segment_refuses_a_too_small_sample_buffer():
+    from tests.test_kernels import pt_state, run_segment
+    st = pt_state(4, 3, seed=1, algorithm="metropolis")
+    with pytest.raises(ValueError, match="pt_segment failed"):
+        run_segment(native.pt_segment, st, 0, 100, 1, 10, 0, cap=5)
