@@ -149,9 +149,10 @@ def main():
         print(f"2. HDF5 streaming writer (scale-offset chunks encoded in process): "
               f"{write_throughput(tmp, n, 128):.0f} MB/s of int8 spins in blocks of 128 "
               f"samples, {write_throughput(tmp, n // 4, 1):.0f} MB/s one sample at a time")
-        sweeps = 2000 if args.quick else 40000
         for backend in backends:
-            for ex, every in ((1, 10), (10, 100)):
+            # about 7 s on one rank
+            sweeps = 2000 if args.quick else {"numba": 40000, "native": 200000}[backend]
+            for ex, every in ((1, 10), (1, 100), (10, 100)):
                 t1 = mpi_time(1, sweeps, tmp, backend, ex, every)
                 t2 = mpi_time(2, sweeps, tmp, backend, ex, every)
                 print(f"3. {backend:6s} kernels, exchange every {ex:2d}, sample every {every:3d}:"

@@ -19,6 +19,7 @@ The acceptance test compares the top 32 bits of the random number with a precomp
 threshold ``floor(exp(-β ΔE) · 2^32)`` for ΔE ∈ {4, 8} (see :func:`metropolis_thresholds`).
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -308,11 +309,32 @@ def _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, sl
     flipped[r] += nf
 
 
-@njit(parallel=True, nogil=True, cache=True)  # nogil: the writer thread streams meanwhile
 def pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
                slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
                exchange_every, sample_every, thermalize, energy, magnet, flipped,
                out_spins, out_energy, out_magnet, out_slot, out_sweep):
+    """Parallel tempering of all R replicas from sweep0 to sweep1 (see :func:`_pt_segment`).
+    Threads wake up for every parallel loop between two events: when the events are close
+    together (less than PT_PARALLEL_MIN_WORK site updates apart) one thread runs the loop."""
+    args = (spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters, slot_of,
+            exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis, exchange_every,
+            sample_every, thermalize, energy, magnet, flipped, out_spins, out_energy,
+            out_magnet, out_slot, out_sweep)
+    threads = numba.get_num_threads()
+    if threads == 1 or min(exchange_every, sample_every) * spins.size >= PT_PARALLEL_MIN_WORK:
+        return _pt_segment(*args)
+    numba.set_num_threads(1)
+    try:
+        return _pt_segment(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
+@njit(parallel=True, nogil=True, cache=True)  # nogil: the writer thread streams meanwhile
+def _pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
+                slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
+                exchange_every, sample_every, thermalize, energy, magnet, flipped,
+                out_spins, out_energy, out_magnet, out_slot, out_sweep):
     """Parallel tempering of all R replicas (one process holds every replica, row r = id r)
     from sweep0 to sweep1, with the events of every sweep s, sweep0 < s < sweep1:
     an exchange round (:func:`exchange_round`) when s % exchange_every == 0, then a sample
@@ -334,15 +356,9 @@ def pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, coun
     while s < sweep1:
         nxt = min(sweep1, next_event(s, exchange_every, 0),
                   next_event(s, sample_every, thermalize))
-        # threads wake up for every parallel loop: only for intervals with enough work
-        if (nxt - s) * R * N < PT_PARALLEL_MIN_WORK:
-            for r in range(R):
-                _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters,
-                              slot_of, energy, magnet, flipped, r, s, nxt - s, n_metropolis)
-        else:
-            for r in prange(R):
-                _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters,
-                              slot_of, energy, magnet, flipped, r, s, nxt - s, n_metropolis)
+        for r in prange(R):
+            _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, slot_of,
+                          energy, magnet, flipped, r, s, nxt - s, n_metropolis)
         s = nxt
         if s == sweep1:
             break

@@ -20,6 +20,13 @@ sweep s, then at s, in this order:
   7. checkpoint  every checkpoint_every sweeps, at the end, and on a stop request
   8. progress    rank 0, rate-limited
 A checkpoint at s holds the state after all events at s, so a resumed run continues exactly.
+
+Exchanges (3) and samples (6) between the sweeps this loop stops at run in compiled code when
+they can (:meth:`ParallelTempering._segment`): one rank holding every replica
+(kernels.pt_segment, numba or C), or several ranks with the native kernels and
+libising_pt_mpi.so (native.pt_segment_mpi). The loop then stops only at checkpoints, the end
+of thermalization, adaptive-ladder rounds, a full sample buffer, and every few tens of
+milliseconds of work (stop requests, progress). Otherwise it stops at every event.
 """
 
 import argparse

@@ -326,21 +326,8 @@ class RunWriter:
     def append(self, sweep, spins, energy, magnet, replica):
         """Queue one sample (copied): spins int8 [R, L, L], energy/magnet float64 [R] per spin,
         replica int32 [R], all ordered by temperature slot."""
-        if self._npend == self._cap:
-            self._grow(2 * self._cap)
-        i = self._npend
-        self._pend_sweep[i] = sweep
-        self._pend_energy[i] = energy
-        self._pend_magnet[i] = magnet
-        self._pend_replica[i] = replica
-        self._npend = i + 1
-        self._rowbuf[:, self._fill] = spins
-        self._fill += 1
-        self.n_samples += 1
-        if self._fill == self.chunk:
-            self._write_row()
-        if time.monotonic() - self._last_flush > self.flush_seconds:
-            self.flush()
+        self.append_block([sweep], np.asarray(spins)[None], np.asarray(energy)[None],
+                          np.asarray(magnet)[None], np.asarray(replica)[None])
 
     def append_block(self, sweeps, spins, energy, magnet, replica, slots=None):
         """Queue k samples at once (copied): sweeps [k], spins int8 [k, R, L, L],

@@ -72,15 +72,31 @@ def wait_for_checkpoint(path, proc, timeout=120):
 
 @pytest.mark.mpi
 def test_results_do_not_depend_on_rank_count(tmp_path):
+    """Compiled loops (one rank: kernels.pt_segment; several ranks with native kernels:
+    libising_pt_mpi) and the Python event loop (several ranks, numba) agree bit for bit,
+    adaptive ladder included."""
     files = []
-    for ranks in (1, 2, 4):
-        out = tmp_path / f"n{ranks}.h5"
+    for ranks, backend in ((1, "auto"), (2, "auto"), (4, "auto"), (2, "numba")):
+        out = tmp_path / f"n{ranks}_{backend}.h5"
         run_pt(*SMALL, "--sweeps", "300", "--algorithm", "hybrid", "--n-wolff", "2",
-               "--out", out, ranks=ranks)
+               "--ladder", "adaptive", "--adapt-every", "5", "--exchange-every", "3",
+               "--backend", backend, "--out", out, ranks=ranks)
         files.append(read_all(out))
     assert files[0]["spins"].shape == (6, 150, 8, 8)
     for other in files[1:]:
         assert_same_data(files[0], other)
+
+
+@pytest.mark.mpi
+def test_several_ranks_use_the_compiled_mpi_loop_when_it_is_built():
+    from ising_dist import native
+    if not native.available():
+        pytest.skip(f"native library not built (`{native.BUILD_HINT}`)")
+    script = ("from ising_dist.mpi import world; from ising_dist import native; "
+              "c = world(); print(c.size, native.mpi_segment_available(c.mpi))")
+    res = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-c", script],
+                         env=env(True), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["2", "True", "2", "True"], res.stdout + res.stderr
 
 
 def test_file_follows_the_contract_and_hdf5_tools_read_it(tmp_path):
