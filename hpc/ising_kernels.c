@@ -689,21 +689,25 @@ static int64_t next_event(int64_t s, int64_t every, int64_t offset)
     return offset + ((s - offset) / every + 1) * every;
 }
 
-int ising_pt_segment(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr_slot,
-                     const uint64_t *padd_slot, const int64_t *nw_slot, const double *beta_slot,
-                     const uint64_t *keys, const uint64_t *wkeys, uint64_t *counters,
-                     int64_t *slot_of, int64_t *exch, int8_t *direction, int64_t *round_trips,
-                     uint64_t xkey, int64_t sweep0, int64_t sweep1, int64_t n_metropolis,
-                     int64_t exchange_every, int64_t sample_every, int64_t thermalize,
-                     int64_t *energy, int64_t *magnet, int64_t *flipped, int8_t *out_spins,
-                     double *out_energy, double *out_magnet, int64_t *out_slot,
-                     int64_t *out_sweep, int64_t capacity, int64_t *n_out, int n_threads)
+int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t R, int64_t L,
+                           const uint64_t *thr_slot, const uint64_t *padd_slot,
+                           const int64_t *nw_slot, const double *beta_slot,
+                           const uint64_t *keys, const uint64_t *wkeys, uint64_t *counters,
+                           int64_t *slot_of, int64_t *exch, int8_t *direction,
+                           int64_t *round_trips, uint64_t xkey, int64_t sweep0, int64_t sweep1,
+                           int64_t n_metropolis, int64_t exchange_every, int64_t sample_every,
+                           int64_t thermalize, int64_t *energy, int64_t *magnet,
+                           int64_t *flipped, int64_t *energy_all, ising_share_fn share,
+                           void *share_ctx, int8_t *out_spins, double *out_energy,
+                           double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
+                           int64_t capacity, int64_t *n_out, int n_threads)
 {
     *n_out = 0;
     if (bad_size(L))
         return ISING_EBADSIZE;
-    if (R < 1 || sweep0 < 0 || sweep1 < sweep0 || n_metropolis < 0 || exchange_every < 1 ||
-        sample_every < 1 || thermalize < 0 || capacity < 0)
+    if (R < 1 || R_local < 1 || id0 < 0 || id0 + R_local > R || sweep0 < 0 ||
+        sweep1 < sweep0 || n_metropolis < 0 || exchange_every < 1 || sample_every < 1 ||
+        thermalize < 0 || capacity < 0 || (R_local < R && !share))
         return ISING_EBADARG;
     int wolff = 0;
     for (int64_t k = 0; k < R; k++) {
@@ -714,11 +718,11 @@ int ising_pt_segment(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr_sl
     }
     const int64_t N = L * L;
     const int nt = resolve_threads(n_threads);
-    const int rnt = R < nt ? (int)R : nt;
+    const int rnt = R_local < nt ? (int)R_local : nt;
     /* per-replica parameters of the current slots, rebuilt after every exchange round */
-    uint64_t *thr = malloc((size_t)R * 2 * sizeof *thr);
-    uint64_t *padd = malloc((size_t)R * sizeof *padd);
-    int64_t *nw = malloc((size_t)R * sizeof *nw);
+    uint64_t *thr = malloc((size_t)R_local * 2 * sizeof *thr);
+    uint64_t *padd = malloc((size_t)R_local * sizeof *padd);
+    int64_t *nw = malloc((size_t)R_local * sizeof *nw);
     workspace *ws = calloc((size_t)rnt, sizeof *ws);
     int rc = (thr && padd && nw && ws) ? ISING_OK : ISING_ENOMEM;
     for (int k = 0; rc == ISING_OK && k < rnt; k++)
@@ -731,8 +735,8 @@ int ising_pt_segment(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr_sl
             nxt = ns;
         if (sweep1 < nxt)
             nxt = sweep1;
-        for (int64_t r = 0; r < R; r++) {
-            const int64_t k = slot_of[r];
+        for (int64_t r = 0; r < R_local; r++) {
+            const int64_t k = slot_of[id0 + r];
             thr[2 * r] = thr_slot[2 * k];
             thr[2 * r + 1] = thr_slot[2 * k + 1];
             padd[r] = padd_slot[k];
@@ -742,34 +746,40 @@ int ising_pt_segment(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr_sl
                          n_metropolis, nw, energy, magnet, flipped};
         /* a parallel region per interval costs thread wake-ups (tens of microseconds with
          * passive waiting): threads only for intervals with enough work */
-        if (rnt == 1 || (nxt - s) * R * N * (n_metropolis + wolff) < ISING_PT_PARALLEL_MIN_WORK) {
-            for (int64_t r = 0; r < R; r++)
+        if (rnt == 1 ||
+            (nxt - s) * R_local * N * (n_metropolis + wolff) < ISING_PT_PARALLEL_MIN_WORK) {
+            for (int64_t r = 0; r < R_local; r++)
                 advance_one(&b, r, &ws[0], 1);
         } else {
             int64_t r;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(rnt) schedule(dynamic, 1)
 #endif
-            for (r = 0; r < R; r++)
+            for (r = 0; r < R_local; r++)
                 advance_one(&b, r, &ws[thread_id()], 1);
         }
         s = nxt;
         if (s == sweep1)
             break;
-        if (s % exchange_every == 0)
-            rc = ising_exchange_round(R, s / exchange_every, xkey, beta_slot, energy, slot_of,
-                                      exch, direction, round_trips);
+        if (s % exchange_every == 0) {
+            if (share)
+                rc = share(share_ctx, energy, energy_all);
+            if (rc == ISING_OK)
+                rc = ising_exchange_round(R, s / exchange_every, xkey, beta_slot,
+                                          share ? energy_all : energy, slot_of, exch,
+                                          direction, round_trips);
+        }
         if (rc == ISING_OK && s > thermalize && (s - thermalize) % sample_every == 0) {
             const int64_t j = *n_out;
             if (j >= capacity) {
                 rc = ISING_EBADARG;
                 break;
             }
-            memcpy(out_spins + j * R * N, spins, (size_t)(R * N));
-            for (int64_t r = 0; r < R; r++) {
-                out_energy[j * R + r] = (double)energy[r] / (double)N;
-                out_magnet[j * R + r] = (double)magnet[r] / (double)N;
-                out_slot[j * R + r] = slot_of[r];
+            memcpy(out_spins + j * R_local * N, spins, (size_t)(R_local * N));
+            for (int64_t r = 0; r < R_local; r++) {
+                out_energy[j * R_local + r] = (double)energy[r] / (double)N;
+                out_magnet[j * R_local + r] = (double)magnet[r] / (double)N;
+                out_slot[j * R_local + r] = slot_of[id0 + r];
             }
             out_sweep[j] = s;
             *n_out = j + 1;

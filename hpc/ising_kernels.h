@@ -74,24 +74,35 @@ int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const do
                          const int64_t *energy, int64_t *slot_of, int64_t *exch,
                          int8_t *direction, int64_t *round_trips);
 
-/* Parallel tempering of all R replicas (row r = replica id r) from sweep0 to sweep1,
- * equivalent to kernels.pt_segment: for every sweep s with sweep0 < s < sweep1, an exchange
- * round when s % exchange_every == 0, then a sample (in slot order) into out_* when
- * s > thermalize and (s - thermalize) % sample_every == 0. Per-slot parameters thr_slot
- * [R, 2], padd_slot [R], nw_slot [R], beta_slot [R]. Sample j, row r (replica r):
- * out_spins int8 [capacity, R, L, L], out_energy, out_magnet double [capacity, R] per spin,
- * out_slot int64 [capacity, R] its slot, out_sweep int64 [capacity]; *n_out receives the
- * number of samples (ISING_EBADARG when more than capacity would be needed). Other
- * arguments as in ising_advance_replicas. */
-int ising_pt_segment(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr_slot,
-                     const uint64_t *padd_slot, const int64_t *nw_slot, const double *beta_slot,
-                     const uint64_t *keys, const uint64_t *wkeys, uint64_t *counters,
-                     int64_t *slot_of, int64_t *exch, int8_t *direction, int64_t *round_trips,
-                     uint64_t xkey, int64_t sweep0, int64_t sweep1, int64_t n_metropolis,
-                     int64_t exchange_every, int64_t sample_every, int64_t thermalize,
-                     int64_t *energy, int64_t *magnet, int64_t *flipped, int8_t *out_spins,
-                     double *out_energy, double *out_magnet, int64_t *out_slot,
-                     int64_t *out_sweep, int64_t capacity, int64_t *n_out, int n_threads);
+/* Parallel tempering of a block of replicas, equivalent to kernels.pt_segment when one rank
+ * holds all R (R_local = R, id0 = 0, share = NULL): from sweep0 to sweep1, for every sweep
+ * s with sweep0 < s < sweep1, an exchange round when s % exchange_every == 0, then a sample
+ * into out_* when s > thermalize and (s - thermalize) % sample_every == 0. Per-slot
+ * parameters thr_slot [R, 2], padd_slot [R], nw_slot [R], beta_slot [R]. Sample j, row r
+ * (local replica r): out_spins int8 [capacity, R_local, L, L], out_energy, out_magnet
+ * double [capacity, R_local] per spin, out_slot int64 [capacity, R_local] its slot,
+ * out_sweep int64 [capacity]; *n_out receives the number of samples (ISING_EBADARG when
+ * more than capacity would be needed).
+ * Several ranks: this rank holds ids id0 … id0+R_local-1 of R; spins, keys, wkeys, counters,
+ * energy, magnet, flipped and the samples are local; slot_of, exch, direction, round_trips
+ * are global and kept identical on every rank. Before each exchange round
+ * share(share_ctx, energy, energy_all) must fill energy_all int64 [R] with every replica's
+ * energy by id (an MPI_Allgatherv: libising_pt_mpi.so) and return 0, else its error code is
+ * returned. share may be NULL only when R_local == R. Other arguments as in
+ * ising_advance_replicas and ising_exchange_round. */
+typedef int (*ising_share_fn)(void *share_ctx, const int64_t *energy, int64_t *energy_all);
+int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t R, int64_t L,
+                           const uint64_t *thr_slot, const uint64_t *padd_slot,
+                           const int64_t *nw_slot, const double *beta_slot,
+                           const uint64_t *keys, const uint64_t *wkeys, uint64_t *counters,
+                           int64_t *slot_of, int64_t *exch, int8_t *direction,
+                           int64_t *round_trips, uint64_t xkey, int64_t sweep0, int64_t sweep1,
+                           int64_t n_metropolis, int64_t exchange_every, int64_t sample_every,
+                           int64_t thermalize, int64_t *energy, int64_t *magnet,
+                           int64_t *flipped, int64_t *energy_all, ising_share_fn share,
+                           void *share_ctx, int8_t *out_spins, double *out_energy,
+                           double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
+                           int64_t capacity, int64_t *n_out, int n_threads);
 
 /* Totals of one lattice: *e = -Σ s_ij (s_i,j+1 + s_i+1,j), *m = Σ s_ij. */
 int ising_energy_magnetization(const int8_t *spins, int64_t L, int64_t *e, int64_t *m);

@@ -58,6 +58,14 @@ _u64 = ctypes.c_uint64
 _I8, _I64, _U64, _F64 = (np.dtype(t) for t in (np.int8, np.int64, np.uint64, np.float64))
 
 
+# ising_pt_segment_ranks: spins … energy_all (see _segment_args), then the samples,
+# capacity, *n_out, n_threads; the single-rank entry adds (share, share_ctx) in between
+_SEGMENT_HEAD = [_i8p, _i64, _i64, _i64, _i64, _u64p, _u64p, _i64p, _f64p, _u64p, _u64p, _u64p,
+                 _i64p, _i64p, _i8p, _i64p, _u64, _i64, _i64, _i64, _i64, _i64, _i64, _i64p,
+                 _i64p, _i64p, _i64p]
+_SEGMENT_TAIL = [_i8p, _f64p, _f64p, _i64p, _i64p, _i64, ctypes.POINTER(_i64), ctypes.c_int]
+
+
 def candidate_paths():
     """Where the library is looked for, in order."""
     paths = []
@@ -108,11 +116,9 @@ def _declare(lib):
     lib.ising_advance_replicas.argtypes = [_i8p, _i64, _i64, _u64p, _u64p, _u64p, _u64p, _u64p,
                                            _i64, _i64, _i64, _i64p, _i64p, _i64p, _i64p,
                                            ctypes.c_int]
-    lib.ising_pt_segment.restype = ctypes.c_int
-    lib.ising_pt_segment.argtypes = [_i8p, _i64, _i64, _u64p, _u64p, _i64p, _f64p, _u64p, _u64p,
-                                     _u64p, _i64p, _i64p, _i8p, _i64p, _u64, _i64, _i64, _i64,
-                                     _i64, _i64, _i64, _i64p, _i64p, _i64p, _i8p, _f64p, _f64p,
-                                     _i64p, _i64p, _i64, ctypes.POINTER(_i64), ctypes.c_int]
+    lib.ising_pt_segment_ranks.restype = ctypes.c_int
+    lib.ising_pt_segment_ranks.argtypes = _SEGMENT_HEAD + [ctypes.c_void_p, ctypes.c_void_p] \
+        + _SEGMENT_TAIL
     lib.ising_energy_magnetization.restype = ctypes.c_int
     lib.ising_energy_magnetization.argtypes = [_i8p, _i64, ctypes.POINTER(_i64),
                                                ctypes.POINTER(_i64)]
@@ -158,11 +164,8 @@ def mpi_segment_available(mpi):
             buf.value.decode(errors="replace").strip() != mpi.Get_library_version().strip():
         return False
     mlib.ising_pt_segment_mpi.restype = ctypes.c_int
-    mlib.ising_pt_segment_mpi.argtypes = (
-        [ctypes.c_int, _i64p, _i64p, _i64, _i8p, _i64, _i64, _i64, _u64p, _u64p, _i64p, _f64p,
-         _u64p, _u64p, _u64p, _i64p, _i64p, _i8p, _i64p, _u64, _i64, _i64, _i64, _i64, _i64,
-         _i64, _i64p, _i64p, _i64p, _i64p, _i8p, _f64p, _f64p, _i64p, _i64p, _i64,
-         ctypes.POINTER(_i64), ctypes.c_int])
+    mlib.ising_pt_segment_mpi.argtypes = [ctypes.c_int, _i64p, _i64p] + _SEGMENT_HEAD \
+        + _SEGMENT_TAIL
     _mpi_lib = mlib
     return True
 
@@ -319,6 +322,50 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
     _check(rc, "advance_replicas")
 
 
+def _segment_args(spins, id0, R, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys,
+                  counters, slot_of, exch, direction, round_trips, xkey, sweep0, sweep1,
+                  n_metropolis, exchange_every, sample_every, thermalize, energy, magnet,
+                  flipped, energy_all, outs):
+    """Validated ctypes arguments of ising_pt_segment_ranks from ``spins`` to ``energy_all``
+    (None: one rank), and of the samples ``outs`` (out_spins … out_sweep, then capacity)."""
+    L = _lattices(spins, 3)
+    n_local = spins.shape[0]
+    if not (1 <= n_local and 0 <= id0 and id0 + n_local <= R):
+        raise ValueError(f"replica block id0={id0} of {n_local} replicas does not fit "
+                         f"R={R} replicas")
+    _array("thr_slot", thr_slot, _U64, (R, 2))
+    for name, a, dt in (("padd_slot", padd_slot, _U64), ("nw_slot", nw_slot, _I64),
+                        ("beta_slot", beta_slot, _F64)):
+        _array(name, a, dt, (R,))
+    for name, a, dt in (("slot_of", slot_of, _I64), ("direction", direction, _I8),
+                        ("round_trips", round_trips, _I64)):
+        _array(name, a, dt, (R,), writeable=True)
+    _array("exch", exch, _I64, (4, R - 1), writeable=True)
+    for name, a, dt in (("keys", keys, _U64), ("wkeys", wkeys, _U64)):
+        _array(name, a, dt, (n_local,))
+    for name, a, dt in (("counters", counters, _U64), ("energy", energy, _I64),
+                        ("magnet", magnet, _I64), ("flipped", flipped, _I64)):
+        _array(name, a, dt, (n_local,), writeable=True)
+    if energy_all is not None:
+        _array("energy_all", energy_all, _I64, (R,), writeable=True)
+    out_spins, out_energy, out_magnet, out_slot, out_sweep = outs
+    cap = out_sweep.shape[0] if isinstance(out_sweep, np.ndarray) else -1
+    _array("out_spins", out_spins, _I8, (cap, n_local, L, L), writeable=True)
+    for name, a, dt in (("out_energy", out_energy, _F64), ("out_magnet", out_magnet, _F64),
+                        ("out_slot", out_slot, _I64)):
+        _array(name, a, dt, (cap, n_local), writeable=True)
+    _array("out_sweep", out_sweep, _I64, (cap,), writeable=True)
+    head = [_ptr(spins), n_local, int(id0), R, L, _ptr(thr_slot), _ptr(padd_slot),
+            _ptr(nw_slot), _ptr(beta_slot), _ptr(keys), _ptr(wkeys), _ptr(counters),
+            _ptr(slot_of), _ptr(exch), _ptr(direction), _ptr(round_trips), _key(xkey),
+            _count("sweep0", sweep0), _count("sweep1", sweep1),
+            _count("n_metropolis", n_metropolis), _count("exchange_every", exchange_every),
+            _count("sample_every", sample_every), _count("thermalize", thermalize),
+            _ptr(energy), _ptr(magnet), _ptr(flipped),
+            None if energy_all is None else _ptr(energy_all)]
+    return head, [_ptr(a) for a in outs] + [cap]
+
+
 def pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
                slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
                exchange_every, sample_every, thermalize, energy, magnet, flipped,
@@ -327,36 +374,14 @@ def pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, coun
     samples in between; same contract as :func:`ising_dist.kernels.pt_segment`.
     Returns the number of samples written to out_*."""
     lib = library()
-    L = _lattices(spins, 3)
-    R = spins.shape[0]
-    if R < 1:
-        raise ValueError("pt_segment needs at least one replica")
-    _array("thr_slot", thr_slot, _U64, (R, 2))
-    for name, a, dt in (("padd_slot", padd_slot, _U64), ("nw_slot", nw_slot, _I64),
-                        ("beta_slot", beta_slot, _F64), ("keys", keys, _U64),
-                        ("wkeys", wkeys, _U64)):
-        _array(name, a, dt, (R,))
-    for name, a, dt in (("counters", counters, _U64), ("slot_of", slot_of, _I64),
-                        ("direction", direction, _I8), ("round_trips", round_trips, _I64),
-                        ("energy", energy, _I64), ("magnet", magnet, _I64),
-                        ("flipped", flipped, _I64)):
-        _array(name, a, dt, (R,), writeable=True)
-    _array("exch", exch, _I64, (4, R - 1), writeable=True)
-    cap = out_sweep.shape[0] if isinstance(out_sweep, np.ndarray) else -1
-    _array("out_spins", out_spins, _I8, (cap, R, L, L), writeable=True)
-    for name, a, dt in (("out_energy", out_energy, _F64), ("out_magnet", out_magnet, _F64),
-                        ("out_slot", out_slot, _I64)):
-        _array(name, a, dt, (cap, R), writeable=True)
-    _array("out_sweep", out_sweep, _I64, (cap,), writeable=True)
+    head, outs = _segment_args(
+        spins, 0, spins.shape[0] if isinstance(spins, np.ndarray) else 0, thr_slot,
+        padd_slot, nw_slot, beta_slot, keys, wkeys, counters, slot_of, exch, direction,
+        round_trips, xkey, sweep0, sweep1, n_metropolis, exchange_every, sample_every,
+        thermalize, energy, magnet, flipped, None,
+        (out_spins, out_energy, out_magnet, out_slot, out_sweep))
     n_out = _i64()
-    rc = lib.ising_pt_segment(
-        _ptr(spins), R, L, _ptr(thr_slot), _ptr(padd_slot), _ptr(nw_slot), _ptr(beta_slot),
-        _ptr(keys), _ptr(wkeys), _ptr(counters), _ptr(slot_of), _ptr(exch), _ptr(direction),
-        _ptr(round_trips), _key(xkey), _count("sweep0", sweep0), _count("sweep1", sweep1),
-        _count("n_metropolis", n_metropolis), _count("exchange_every", exchange_every),
-        _count("sample_every", sample_every), _count("thermalize", thermalize),
-        _ptr(energy), _ptr(magnet), _ptr(flipped), _ptr(out_spins), _ptr(out_energy),
-        _ptr(out_magnet), _ptr(out_slot), _ptr(out_sweep), cap, n_out, _threads(n_threads))
+    rc = lib.ising_pt_segment_ranks(*head, None, None, *outs, n_out, _threads(n_threads))
     _check(rc, "pt_segment")
     return n_out.value
 
@@ -374,43 +399,18 @@ def pt_segment_mpi(comm, counts, displs, id0, spins, thr_slot, padd_slot, nw_slo
     (out_* rows as in pt_segment, R_local wide). Needs :func:`mpi_segment_available`."""
     if not _mpi_lib:
         raise RuntimeError("libising_pt_mpi.so is not usable here (see mpi_segment_available)")
-    L = _lattices(spins, 3)
-    n_local = spins.shape[0]
-    R = slot_of.shape[0] if isinstance(slot_of, np.ndarray) else -1
     size = comm.Get_size()
     _array("counts", counts, np.dtype(np.int32), (size,))
     _array("displs", displs, np.dtype(np.int32), (size,))
-    if not (1 <= n_local and 0 <= id0 and id0 + n_local <= R and counts.sum() == R):
-        raise ValueError(f"replica block id0={id0}, {n_local} replicas does not fit R={R} "
-                         f"and counts={counts.tolist()}")
-    _array("thr_slot", thr_slot, _U64, (R, 2))
-    for name, a, dt in (("padd_slot", padd_slot, _U64), ("nw_slot", nw_slot, _I64),
-                        ("beta_slot", beta_slot, _F64), ("slot_of", slot_of, _I64),
-                        ("direction", direction, _I8), ("round_trips", round_trips, _I64),
-                        ("energy_all", energy_all, _I64)):
-        _array(name, a, dt, (R,), writeable=name not in ("padd_slot", "nw_slot", "beta_slot"))
-    for name, a, dt in (("keys", keys, _U64), ("wkeys", wkeys, _U64),
-                        ("counters", counters, _U64), ("energy", energy, _I64),
-                        ("magnet", magnet, _I64), ("flipped", flipped, _I64)):
-        _array(name, a, dt, (n_local,), writeable=name not in ("keys", "wkeys"))
-    _array("exch", exch, _I64, (4, R - 1), writeable=True)
-    cap = out_sweep.shape[0] if isinstance(out_sweep, np.ndarray) else -1
-    _array("out_spins", out_spins, _I8, (cap, n_local, L, L), writeable=True)
-    for name, a, dt in (("out_energy", out_energy, _F64), ("out_magnet", out_magnet, _F64),
-                        ("out_slot", out_slot, _I64)):
-        _array(name, a, dt, (cap, n_local), writeable=True)
-    _array("out_sweep", out_sweep, _I64, (cap,), writeable=True)
+    R = int(counts.sum())
+    head, outs = _segment_args(
+        spins, id0, R, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
+        slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
+        exchange_every, sample_every, thermalize, energy, magnet, flipped, energy_all,
+        (out_spins, out_energy, out_magnet, out_slot, out_sweep))
     n_out = _i64()
-    rc = _mpi_lib.ising_pt_segment_mpi(
-        comm.py2f(), counts.ctypes.data, displs.ctypes.data, int(id0), _ptr(spins), n_local,
-        R, L, _ptr(thr_slot), _ptr(padd_slot), _ptr(nw_slot), _ptr(beta_slot), _ptr(keys),
-        _ptr(wkeys), _ptr(counters), _ptr(slot_of), _ptr(exch), _ptr(direction),
-        _ptr(round_trips), _key(xkey), _count("sweep0", sweep0), _count("sweep1", sweep1),
-        _count("n_metropolis", n_metropolis), _count("exchange_every", exchange_every),
-        _count("sample_every", sample_every), _count("thermalize", thermalize),
-        _ptr(energy), _ptr(magnet), _ptr(flipped), _ptr(energy_all), _ptr(out_spins),
-        _ptr(out_energy), _ptr(out_magnet), _ptr(out_slot), _ptr(out_sweep), cap, n_out,
-        _threads(n_threads))
+    rc = _mpi_lib.ising_pt_segment_mpi(comm.py2f(), counts.ctypes.data, displs.ctypes.data,
+                                       *head, *outs, n_out, _threads(n_threads))
     if rc >= 1000:
         raise RuntimeError(f"pt_segment_mpi: MPI error code {rc - 1000}")
     _check(rc, "pt_segment_mpi")

@@ -52,31 +52,30 @@ def test_encoder_matches_hdf5_byte_for_byte(tmp_path, n):
     assert ours(values) == raw
 
 
+def write_and_read_one_chunk(path, values):
+    """Write our encoding of ``values`` as the only chunk of a scale-offset dataset; read the
+    dataset back through HDF5's decoder."""
+    with h5py.File(path, "w", libver=LIBVER) as f:
+        d = f.create_dataset("spins", shape=values.shape, dtype=np.int8, chunks=values.shape,
+                             scaleoffset=0)
+        d.id.write_direct_chunk((0, 0, 0, 0), ours(values), filter_mask=0)
+    with h5py.File(path, "r") as f:
+        return f["spins"][()]
+
+
 @pytest.mark.parametrize("value", [1, -1])
 def test_uniform_chunks_read_back(tmp_path, value):
     """HDF5 would store a one-valued chunk with minbits=1; our minbits=2 chunk reads the same."""
     L, cs = 4, 8
     values = np.full((1, cs, L, L), value, np.int8)
     assert ours(values) != hdf5_encoded(tmp_path / "ref.h5", values)
-    path = tmp_path / "uniform.h5"
-    with h5py.File(path, "w", libver=LIBVER) as f:
-        d = f.create_dataset("spins", shape=values.shape, dtype=np.int8, chunks=values.shape,
-                             scaleoffset=0)
-        d.id.write_direct_chunk((0, 0, 0, 0), ours(values), filter_mask=0)
-    with h5py.File(path, "r") as f:
-        assert np.array_equal(f["spins"][()], values)
+    assert np.array_equal(write_and_read_one_chunk(tmp_path / "uniform.h5", values), values)
 
 
 def test_padding_value_zero_reads_back_as_unwritten(tmp_path):
     values = random_spins(np.random.default_rng(0), (1, 8, 2, 2))
     values[0, 5:] = 0
-    path = tmp_path / "pad.h5"
-    with h5py.File(path, "w", libver=LIBVER) as f:
-        d = f.create_dataset("spins", shape=values.shape, dtype=np.int8, chunks=values.shape,
-                             scaleoffset=0)
-        d.id.write_direct_chunk((0, 0, 0, 0), ours(values), filter_mask=0)
-    with h5py.File(path, "r") as f:
-        assert np.array_equal(f["spins"][()], values)
+    assert np.array_equal(write_and_read_one_chunk(tmp_path / "pad.h5", values), values)
 
 
 # -- RunWriter ------------------------------------------------------------------------------
