@@ -286,7 +286,7 @@ import numpy as np, h5py
 sys.path.insert(0, {tests!r})
 from test_store import live_sample
 from ising_dist.data import complete_samples
-path, done = {path!r}, {done!r}
+path, done, started = {path!r}, {done!r}, {started!r}
 reads = grown = 0
 last = 0
 while True:
@@ -304,6 +304,8 @@ while True:
             sp, e = live_sample(i)
             assert np.array_equal(spins[:, i], sp) and np.array_equal(energy[:, i], e), i
     reads += 1
+    if reads == 1:
+        open(started, "w").close()
     if finished:
         break
 print(reads, grown, last)
@@ -311,16 +313,22 @@ print(reads, grown, last)
 
 
 def test_a_concurrent_reader_sees_only_written_samples(tmp_path):
-    path, done = tmp_path / "live.h5", tmp_path / "done"
+    path, done, started = tmp_path / "live.h5", tmp_path / "done", tmp_path / "started"
     w = RunWriter.create(path, "L: 8\n", LIVE_L, 1, np.linspace(1.5, 3.0, LIVE_R))
     w.flush_seconds = 0.02
     reader = subprocess.Popen([sys.executable, "-c", READER.format(
-        tests=str(ROOT / "tests"), path=str(path), done=str(done))], cwd=ROOT,
+        tests=str(ROOT / "tests"), path=str(path), done=str(done), started=str(started))],
+        cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
-        i, t0 = 0, time.monotonic()
-        while time.monotonic() - t0 < 2.5:
+        # stream for 2.5 s from the reader's first read (its start-up is slow on a busy machine)
+        i, t0, t_start = 0, None, time.monotonic()
+        while t0 is None or time.monotonic() - t0 < 2.5:
+            if t0 is None and started.exists():
+                t0 = time.monotonic()
+            assert time.monotonic() - t_start < 120, "the reader never read the file"
+            assert reader.poll() is None, reader.communicate()[1]
             k = 7 if i % 3 else 1
             batch = [live_sample(j) for j in range(i, i + k)]
             spins = np.stack([b[0] for b in batch])
