@@ -641,15 +641,12 @@ int ising_advance_replicas(int8_t *spins, int64_t R, int64_t L, const uint64_t *
 /* --------------------------------------------------------------- parallel tempering */
 enum { ATTEMPTED, ACCEPTED, WINDOW_ATTEMPTED, WINDOW_ACCEPTED };
 
-int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const double *beta_slot,
-                         const int64_t *energy, int64_t *slot_of, int64_t *exch,
-                         int8_t *direction, int64_t *round_trips)
+/* One exchange round; replica_at int64 [R] is a work array (the inverse of slot_of). */
+static void exchange_round(int64_t R, int64_t round_index, uint64_t xkey,
+                           const double *beta_slot, const int64_t *energy, int64_t *slot_of,
+                           int64_t *exch, int8_t *direction, int64_t *round_trips,
+                           int64_t *replica_at)
 {
-    if (R < 1 || round_index < 0)
-        return ISING_EBADARG;
-    int64_t *replica_at = malloc((size_t)R * sizeof *replica_at);
-    if (!replica_at)
-        return ISING_ENOMEM;
     for (int64_t r = 0; r < R; r++)
         replica_at[slot_of[r]] = r;
     const uint64_t base = (uint64_t)round_index * (uint64_t)R;
@@ -674,6 +671,19 @@ int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const do
     direction[bottom] = 1;
     if (direction[top] == 1)
         direction[top] = -1;
+}
+
+int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const double *beta_slot,
+                         const int64_t *energy, int64_t *slot_of, int64_t *exch,
+                         int8_t *direction, int64_t *round_trips)
+{
+    if (R < 1 || round_index < 0)
+        return ISING_EBADARG;
+    int64_t *replica_at = malloc((size_t)R * sizeof *replica_at);
+    if (!replica_at)
+        return ISING_ENOMEM;
+    exchange_round(R, round_index, xkey, beta_slot, energy, slot_of, exch, direction,
+                   round_trips, replica_at);
     free(replica_at);
     return ISING_OK;
 }
@@ -723,8 +733,9 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
     uint64_t *thr = malloc((size_t)R_local * 2 * sizeof *thr);
     uint64_t *padd = malloc((size_t)R_local * sizeof *padd);
     int64_t *nw = malloc((size_t)R_local * sizeof *nw);
+    int64_t *replica_at = malloc((size_t)R * sizeof *replica_at);  /* exchange work array */
     workspace *ws = calloc((size_t)rnt, sizeof *ws);
-    int rc = (thr && padd && nw && ws) ? ISING_OK : ISING_ENOMEM;
+    int rc = (thr && padd && nw && replica_at && ws) ? ISING_OK : ISING_ENOMEM;
     for (int k = 0; rc == ISING_OK && k < rnt; k++)
         rc = alloc_workspace(&ws[k], L, 1, wolff);
     int64_t s = sweep0;
@@ -765,9 +776,9 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
             if (share)
                 rc = share(share_ctx, energy, energy_all);
             if (rc == ISING_OK)
-                rc = ising_exchange_round(R, s / exchange_every, xkey, beta_slot,
-                                          share ? energy_all : energy, slot_of, exch,
-                                          direction, round_trips);
+                exchange_round(R, s / exchange_every, xkey, beta_slot,
+                               share ? energy_all : energy, slot_of, exch, direction,
+                               round_trips, replica_at);
         }
         if (rc == ISING_OK && s > thermalize && (s - thermalize) % sample_every == 0) {
             const int64_t j = *n_out;
@@ -788,6 +799,7 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
     for (int k = 0; ws && k < rnt; k++)
         free_workspace(&ws[k]);
     free(ws);
+    free(replica_at);
     free(nw);
     free(padd);
     free(thr);

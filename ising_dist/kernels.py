@@ -251,8 +251,15 @@ def exchange_round(round_index, xkey, beta_slot, energy, slot_of, exch, directio
     int64 [R] per replica (updated). The uniform of pair k is
     rand64(xkey, round_index·R + k) / 2^64 (53 bits): every rank computes the same decisions.
     """
+    _exchange_round(round_index, xkey, beta_slot, energy, slot_of, exch, direction,
+                    round_trips, np.empty(slot_of.shape[0], np.int64))
+
+
+@njit(inline="always")
+def _exchange_round(round_index, xkey, beta_slot, energy, slot_of, exch, direction,
+                    round_trips, replica_at):
+    """exchange_round with a work array replica_at int64 [R] (the inverse of slot_of)."""
     R = slot_of.shape[0]
-    replica_at = np.empty(R, np.int64)
     for r in range(R):
         replica_at[slot_of[r]] = r
     base = np.uint64(round_index) * np.uint64(R)
@@ -352,6 +359,7 @@ def _pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, cou
     L = spins.shape[2]
     N = L * L
     n_out = 0
+    replica_at = np.empty(R, np.int64)  # exchange work array
     s = sweep0
     while s < sweep1:
         nxt = min(sweep1, next_event(s, exchange_every, 0),
@@ -363,8 +371,8 @@ def _pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, cou
         if s == sweep1:
             break
         if s % exchange_every == 0:
-            exchange_round(s // exchange_every, xkey, beta_slot, energy, slot_of, exch,
-                           direction, round_trips)
+            _exchange_round(s // exchange_every, xkey, beta_slot, energy, slot_of, exch,
+                            direction, round_trips, replica_at)
         if s > thermalize and (s - thermalize) % sample_every == 0:
             for r in range(R):
                 out_spins[n_out, r] = spins[r]
