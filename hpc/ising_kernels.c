@@ -708,7 +708,7 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
                            int64_t n_metropolis, int64_t exchange_every, int64_t sample_every,
                            int64_t thermalize, int64_t *energy, int64_t *magnet,
                            int64_t *flipped, int64_t *energy_all, ising_share_fn share,
-                           void *share_ctx, int8_t *out_spins, double *out_energy,
+                           void *share_ctx, uint8_t *out_spins, double *out_energy,
                            double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
                            int64_t capacity, int64_t *n_out, int n_threads)
 {
@@ -786,7 +786,7 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
                 rc = ISING_EBADARG;
                 break;
             }
-            memcpy(out_spins + j * R_local * N, spins, (size_t)(R_local * N));
+            ising_pack_spins(spins, R_local * N, out_spins + j * R_local * (N / 4));
             for (int64_t r = 0; r < R_local; r++) {
                 out_energy[j * R_local + r] = (double)energy[r] / (double)N;
                 out_magnet[j * R_local + r] = (double)magnet[r] / (double)N;
@@ -804,6 +804,15 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
     free(padd);
     free(thr);
     return rc;
+}
+
+void ising_pack_spins(const int8_t *spins, int64_t n, uint8_t *out)
+{
+    for (int64_t j = 0; j < n / 4; j++) {
+        const int8_t *s = spins + 4 * j;
+        out[j] = (uint8_t)(((s[0] + 1) << 6) | ((s[1] + 1) << 4) | ((s[2] + 1) << 2) |
+                           (s[3] + 1));
+    }
 }
 
 int ising_energy_magnetization(const int8_t *spins, int64_t L, int64_t *e, int64_t *m)

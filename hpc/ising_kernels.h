@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define ISING_ABI_VERSION 2
+#define ISING_ABI_VERSION 3
 
 #define ISING_OK 0
 #define ISING_EBADSIZE (-1)   /* L odd or L < 2 */
@@ -79,7 +79,8 @@ int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const do
  * s with sweep0 < s < sweep1, an exchange round when s % exchange_every == 0, then a sample
  * into out_* when s > thermalize and (s - thermalize) % sample_every == 0. Per-slot
  * parameters thr_slot [R, 2], padd_slot [R], nw_slot [R], beta_slot [R]. Sample j, row r
- * (local replica r): out_spins int8 [capacity, R_local, L, L], out_energy, out_magnet
+ * (local replica r): out_spins uint8 [capacity, R_local, L·L/4] its lattice packed as
+ * ising_pack_spins does, out_energy, out_magnet
  * double [capacity, R_local] per spin, out_slot int64 [capacity, R_local] its slot,
  * out_sweep int64 [capacity]; *n_out receives the number of samples (ISING_EBADARG when
  * more than capacity would be needed).
@@ -100,9 +101,14 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
                            int64_t n_metropolis, int64_t exchange_every, int64_t sample_every,
                            int64_t thermalize, int64_t *energy, int64_t *magnet,
                            int64_t *flipped, int64_t *energy_all, ising_share_fn share,
-                           void *share_ctx, int8_t *out_spins, double *out_energy,
+                           void *share_ctx, uint8_t *out_spins, double *out_energy,
                            double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
                            int64_t capacity, int64_t *n_out, int n_threads);
+
+/* Pack n spins (n a multiple of 4, values -1, 0, 1) two bits each, code s + 1, four a
+ * byte, the first in the most significant bits (kernels.pack_spins): out uint8 [n / 4].
+ * The body of HDF5's scale-offset encoding of int8 at minbits=2, minval=-1. */
+void ising_pack_spins(const int8_t *spins, int64_t n, uint8_t *out);
 
 /* Totals of one lattice: *e = -Σ s_ij (s_i,j+1 + s_i+1,j), *m = Σ s_ij. */
 int ising_energy_magnetization(const int8_t *spins, int64_t L, int64_t *e, int64_t *m);

@@ -69,7 +69,7 @@ int ising_pt_segment_mpi(int comm_f, const int *counts, const int *displs, int8_
                          int64_t sweep0, int64_t sweep1, int64_t n_metropolis,
                          int64_t exchange_every, int64_t sample_every, int64_t thermalize,
                          int64_t *energy, int64_t *magnet, int64_t *flipped,
-                         int64_t *energy_all, int8_t *out_spins, double *out_energy,
+                         int64_t *energy_all, uint8_t *out_spins, double *out_energy,
                          double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
                          int64_t capacity, int64_t *n_out, int n_threads)
 {

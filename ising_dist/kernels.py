@@ -233,6 +233,42 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
         flipped[r] += nf
 
 
+# -- packed lattices -----------------------------------------------------------------------
+# Two bits a spin, code s + 1 (0 for -1, 2 for +1, 1 for 0: "no sample" in a partly filled
+# chunk), four spins a byte, the first in the most significant bits. This is the body of
+# HDF5's scale-offset encoding of int8 spins at minbits=2, minval=-1: the tempering loops
+# capture samples packed, a quarter of the bytes to copy, gather and write, and the writer
+# puts them into /spins chunks as they are (ising_dist.store). L is even, so L·L/4 is whole.
+
+@njit(inline="always")
+def _pack(src, dst):
+    """src int8 [4n] (values -1, 0, 1) → dst uint8 [n]."""
+    for j in range(dst.size):
+        i = 4 * j
+        dst[j] = (((src[i] + 1) << 6) | ((src[i + 1] + 1) << 4) | ((src[i + 2] + 1) << 2)
+                  | (src[i + 3] + 1))
+
+
+@njit(nogil=True, cache=True)
+def pack_spins(spins, packed):
+    """Pack C-contiguous int8 spins [..., L, L] into uint8 packed [..., L·L/4]."""
+    _pack(spins.reshape(spins.size), packed.reshape(packed.size))
+
+
+@njit(nogil=True, cache=True)
+def unpack_spins(packed, spins):
+    """The inverse of :func:`pack_spins`: uint8 packed [..., L·L/4] → int8 spins [..., L, L]."""
+    src = packed.reshape(packed.size)
+    dst = spins.reshape(spins.size)
+    for j in range(src.size):
+        b = src[j]
+        i = 4 * j
+        dst[i] = ((b >> 6) & 3) - 1
+        dst[i + 1] = ((b >> 4) & 3) - 1
+        dst[i + 2] = ((b >> 2) & 3) - 1
+        dst[i + 3] = (b & 3) - 1
+
+
 # -- parallel tempering ------------------------------------------------------------------
 # exchange statistics, rows of the int64 [4, R-1] array `exch`
 ATTEMPTED, ACCEPTED, WINDOW_ATTEMPTED, WINDOW_ACCEPTED = 0, 1, 2, 3
@@ -299,17 +335,13 @@ PT_PARALLEL_MIN_WORK = 1 << 20  # site updates in an interval between events
 
 @njit(inline="always")
 def _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, slot_of, energy,
-                  magnet, flipped, r, step0, n_steps, n_metropolis):
-    """Replica r for n_steps steps at the parameters of its current slot."""
+                  magnet, flipped, r, step0, n_steps, n_metropolis, stack, members, mark, out):
+    """Replica r for n_steps steps at the parameters of its current slot (work arrays: its
+    rows of the segment's)."""
     k = slot_of[r]
-    W = spins.shape[1] * spins.shape[2] if nw_slot[k] > 0 else 1  # as in advance_replicas
-    stack = np.empty(W, np.int64)
-    members = np.empty(W, np.int64)
-    mark = np.zeros(W, np.bool_)
-    out = np.empty(spins.shape[2], np.int8)
     de, dm, nf, c = _advance_one(spins[r], thr_slot[k, 0], thr_slot[k, 1], padd_slot[k],
                                  keys[r], wkeys[r], counters[r], step0, n_steps, n_metropolis,
-                                 nw_slot[k], stack, members, mark, out)
+                                 nw_slot[k], stack[r], members[r], mark[r], out[r])
     counters[r] = c
     energy[r] += de
     magnet[r] += dm
@@ -350,7 +382,7 @@ def _pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, cou
 
     Per-slot parameters: thr_slot uint64 [R, 2], padd_slot uint64 [R], nw_slot int64 [R]
     (Wolff clusters per step), beta_slot float64 [R]. Sample j, row r (replica r):
-    out_spins int8 [C, R, L, L], out_energy/out_magnet float64 [C, R] per spin, out_slot
+    out_spins uint8 [C, R, L·L/4] its lattice packed (:func:`pack_spins`), out_energy/out_magnet float64 [C, R] per spin, out_slot
     int64 [C, R] its temperature slot, out_sweep int64 [C]; the caller makes C large enough.
     Returns the number of samples written. Other arguments as in advance_replicas /
     exchange_round.
@@ -359,14 +391,21 @@ def _pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, cou
     L = spins.shape[2]
     N = L * L
     n_out = 0
-    replica_at = np.empty(R, np.int64)  # exchange work array
+    # work arrays, allocated once: exchanges, Wolff clusters (when any), Metropolis rows
+    replica_at = np.empty(R, np.int64)
+    W = N if nw_slot.max() > 0 else 1
+    stack = np.empty((R, W), np.int64)
+    members = np.empty((R, W), np.int64)
+    mark = np.zeros((R, W), np.bool_)
+    out = np.empty((R, L), np.int8)
     s = sweep0
     while s < sweep1:
         nxt = min(sweep1, next_event(s, exchange_every, 0),
                   next_event(s, sample_every, thermalize))
         for r in prange(R):
             _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, slot_of,
-                          energy, magnet, flipped, r, s, nxt - s, n_metropolis)
+                          energy, magnet, flipped, r, s, nxt - s, n_metropolis, stack,
+                          members, mark, out)
         s = nxt
         if s == sweep1:
             break
@@ -375,7 +414,7 @@ def _pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, cou
                             direction, round_trips, replica_at)
         if s > thermalize and (s - thermalize) % sample_every == 0:
             for r in range(R):
-                out_spins[n_out, r] = spins[r]
+                _pack(spins[r].reshape(N), out_spins[n_out, r])
                 out_energy[n_out, r] = energy[r] / N
                 out_magnet[n_out, r] = magnet[r] / N
                 out_slot[n_out, r] = slot_of[r]

@@ -28,7 +28,7 @@ import numpy as np
 
 BUILD_HINT = "cmake -S . -B build && cmake --build build"
 LIB_NAME = "libising_kernels.so"
-ABI_VERSION = 2  # must equal ISING_ABI_VERSION in hpc/ising_kernels.h
+ABI_VERSION = 3  # must equal ISING_ABI_VERSION in hpc/ising_kernels.h
 
 # "auto" prefers the native backend when the library is built: it was faster in every
 # Metropolis workload of `python -m benchmarks.native`, and even or faster for Wolff
@@ -55,7 +55,8 @@ _lib_error = None
 _i8p = _u64p = _i64p = _f64p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
-_I8, _I64, _U64, _F64 = (np.dtype(t) for t in (np.int8, np.int64, np.uint64, np.float64))
+_I8, _U8, _I64, _U64, _F64 = (np.dtype(t) for t in (np.int8, np.uint8, np.int64, np.uint64,
+                                                   np.float64))
 
 
 # ising_pt_segment_ranks: spins … energy_all (see _segment_args), then the samples,
@@ -350,7 +351,7 @@ def _segment_args(spins, id0, R, thr_slot, padd_slot, nw_slot, beta_slot, keys, 
         _array("energy_all", energy_all, _I64, (R,), writeable=True)
     out_spins, out_energy, out_magnet, out_slot, out_sweep = outs
     cap = out_sweep.shape[0] if isinstance(out_sweep, np.ndarray) else -1
-    _array("out_spins", out_spins, _I8, (cap, n_local, L, L), writeable=True)
+    _array("out_spins", out_spins, _U8, (cap, n_local, L * L // 4), writeable=True)
     for name, a, dt in (("out_energy", out_energy, _F64), ("out_magnet", out_magnet, _F64),
                         ("out_slot", out_slot, _I64)):
         _array(name, a, dt, (cap, n_local), writeable=True)

@@ -113,10 +113,13 @@ class ParallelTempering:
         if self.compiled:
             n = len(ids)
             # boundaries depend only on (R, L): the same on every rank
-            cap = max(1, min(1024, 2**23 // (R * self.N)))  # ≤ 8 MiB of buffered samples
-            self.buf = dict(spins=np.empty((cap, n, L, L), np.int8),
-                            energy=np.empty((cap, n)), magnet=np.empty((cap, n)),
-                            slot=np.empty((cap, n), np.int64), sweep=np.empty(cap, np.int64))
+            cap = max(1, min(1024, 2**23 // (R * self.N)))  # ≤ 8 MiB of samples (unpacked)
+            # two sample buffers: one fills while the writer thread takes the other
+            self.bufs = [dict(spins=np.empty((cap, n, self.N // 4), np.uint8),  # packed
+                              energy=np.empty((cap, n)), magnet=np.empty((cap, n)),
+                              slot=np.empty((cap, n), np.int64), sweep=np.empty(cap, np.int64))
+                         for _ in range(2)]
+            self._buf_jobs = [None, None]  # the writer's job holding each buffer
             # a segment is a few tens of ms of work: stop requests and progress stay prompt
             self.max_segment = max(1, 2**26 // (R * self.N))
             self._counts = np.array([len(b) for b in self._blocks], np.int32)
@@ -171,7 +174,7 @@ class ParallelTempering:
             return min(candidates)
         candidates.append(s + self.max_segment)
         if s >= cfg.thermalize:  # at most cap samples strictly before the returned sweep
-            cap = self.buf["sweep"].shape[0]
+            cap = self.bufs[0]["sweep"].shape[0]
             candidates.append(next_multiple(s, cfg.sample_every, cfg.thermalize)
                               + cap * cfg.sample_every)
         if s < self.adapt_until:
@@ -184,8 +187,11 @@ class ParallelTempering:
 
     def _segment(self, s):
         """Advance to sweep s in compiled code, with the exchanges and samples of the sweeps
-        in between; stream the samples."""
-        cfg, ch, b = self.cfg, self.chains, self.buf
+        in between; hand the samples to the writer (its thread takes them while the next
+        segment fills the other buffer)."""
+        cfg, ch, b = self.cfg, self.chains, self.bufs[0]
+        if self._buf_jobs[0] is not None:
+            self._buf_jobs[0].result()
         algorithm = cfg.algorithm
         n_metropolis = 0 if algorithm == "wolff" else (1 if algorithm == "metropolis"
                                                        else cfg.n_metropolis)
@@ -204,8 +210,11 @@ class ParallelTempering:
                                       int(ch.replica_ids[0]), ch.spins, *common, self.energy,
                                       *out)
         if n:
-            self.writer.sample_block(b["sweep"][:n], ch.replica_ids, b["slot"][:n],
-                                     b["spins"][:n], b["energy"][:n], b["magnet"][:n])
+            self._buf_jobs[0] = self.writer.sample_packed(
+                b["sweep"][:n], ch.replica_ids, b["slot"][:n], b["spins"][:n], b["energy"][:n],
+                b["magnet"][:n])
+            self.bufs.reverse()
+            self._buf_jobs.reverse()
 
     def _sync(self):
         """Share energies of all replicas and whether any rank was asked to stop."""

@@ -17,10 +17,12 @@
 Writing: one process (the writer rank) owns the file. It is created with libver v110 (so
 Debian's h5ls/h5dump 1.10 read it) and switched to SWMR, so other processes can read it
 while the run streams (open with ``h5py.File(path, "r", swmr=True)``; see :func:`open_read`).
-Samples are buffered in memory, a chunk row of /spins at a time: each full (or, at a flush,
-partial) chunk is compressed here (:func:`encode_scaleoffset_int8`, byte for byte HDF5's own
-scale-offset encoding) and written with ``write_direct_chunk``, bypassing HDF5's slow filter
-path; everything is written and made visible to readers at least every ``flush_seconds``.
+Samples are buffered in memory, a chunk row of /spins at a time, already compressed: the
+tempering loops capture spins packed 2 bits each (kernels.pack_spins), which with a header
+is byte for byte HDF5's own scale-offset encoding (:func:`encode_scaleoffset_int8`). Each full
+(or, at a flush, partial) chunk is written with ``write_direct_chunk``, bypassing HDF5's slow
+filter path; everything is written and made visible to readers at least every
+``flush_seconds``.
 
 Crash safety: a checkpoint is written into the slot that is *not* current, flushed, and
 only then is ``/checkpoint/current`` switched, so a kill at any moment leaves one complete
@@ -43,6 +45,7 @@ import numpy as np
 import yaml
 
 from . import __version__
+from .kernels import _pack, pack_spins, unpack_spins
 
 SCHEMA_VERSION = 1
 LIBVER = ("v110", "v110")
@@ -68,11 +71,14 @@ class StoreError(ValueError):
 
 
 def _chunk_samples(L):
-    """Samples per chunk: about 64 KiB of int8 spins per (temperature, chunk)."""
-    return int(max(1, min(1024, 65536 // (L * L))))
+    """Samples per chunk: about 256 KiB of int8 spins (64 KiB encoded) per (temperature,
+    chunk). Larger chunks mean fewer chunk writes (about 11 us each with HDF5 here, plus the
+    bytes); a reader of one sample decodes its whole chunk."""
+    return int(max(1, min(1024, 2**18 // (L * L))))
 
 
 SO_HEADER = 21  # scale-offset chunk header: minbits u32, sizeof(minval)=8, minval i64, zeros
+PAD_CODE = 0x55  # four packed spins of value 0: "not yet written" (the fill value)
 
 
 def _encoded_nbytes(n):
@@ -80,15 +86,10 @@ def _encoded_nbytes(n):
     return SO_HEADER + n * 2 // 8 + 1
 
 
-@numba.njit(nogil=True, cache=True)
-def encode_scaleoffset_int8(src, dst):
-    """HDF5's scale-offset filter (scaleoffset=0 on int8) applied to ``src`` (int8 values in
-    {-1, 0, 1}, 1-d) into ``dst`` (uint8, ``_encoded_nbytes(src.size)`` long), with minbits=2
-    and minval=-1: a 21-byte header, then v - minval packed 2 bits a value, most significant
-    bits first, then one zero byte. HDF5 decodes it like its own output (for a chunk of one
-    value it would pick minbits=1; minbits=2 reads back the same). Returns the bytes written."""
-    n = src.size
-    nbytes = SO_HEADER + n * 2 // 8 + 1
+@numba.njit(inline="always")
+def _so_header(dst):
+    """The header of a scale-offset chunk of int8 at minbits=2, minval=-1; zeros up to the
+    packed values."""
     dst[0] = 2
     dst[1] = 0
     dst[2] = 0
@@ -96,34 +97,52 @@ def encode_scaleoffset_int8(src, dst):
     dst[4] = 8
     for i in range(5, 13):
         dst[i] = 0xFF                     # minval = -1 as little-endian int64
-    for i in range(13, nbytes):
+    for i in range(13, SO_HEADER):
         dst[i] = 0
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_scaleoffset_int8(src, dst):
+    """HDF5's scale-offset filter (scaleoffset=0 on int8) applied to ``src`` (int8 values in
+    {-1, 0, 1}, 1-d) into ``dst`` (uint8, ``_encoded_nbytes(src.size)`` long), with minbits=2
+    and minval=-1: a 21-byte header, then the values packed as kernels.pack_spins does (v + 1,
+    2 bits each, most significant bits first), then one zero byte. HDF5 decodes it like its
+    own output (for a chunk of one value it would pick minbits=1; minbits=2 reads back the
+    same). Returns the bytes written."""
+    n = src.size
+    nbytes = SO_HEADER + n * 2 // 8 + 1
+    _so_header(dst)
     q = n // 4
-    for j in range(q):
-        i = 4 * j
-        dst[SO_HEADER + j] = ((((src[i] + 1) & 3) << 6) | (((src[i + 1] + 1) & 3) << 4)
-                              | (((src[i + 2] + 1) & 3) << 2) | ((src[i + 3] + 1) & 3))
+    _pack(src[:4 * q], dst[SO_HEADER:SO_HEADER + q])
     b = 0
     for i in range(4 * q, n):             # a last partial byte (n not a multiple of 4)
         b |= ((src[i] + 1) & 3) << (6 - 2 * (i - 4 * q))
+    for i in range(SO_HEADER + q, nbytes):
+        dst[i] = 0
     if n > 4 * q:
         dst[SO_HEADER + q] = b
     return nbytes
 
 
-@numba.njit(cache=True)
-def _scatter_rows(rowbuf, fill, spins, slots, j0, m):
-    """rowbuf[slots[j, i], fill + j - j0] = spins[j, i] for samples j0 … j0+m-1 (flat 1-d
-    loops: numba's 2-d slice assignment ran at a tenth of numpy's speed)."""
-    N = rowbuf.shape[2] * rowbuf.shape[3]
-    dst = rowbuf.reshape(rowbuf.shape[0], rowbuf.shape[1], N)
-    src = spins.reshape(spins.shape[0], spins.shape[1], N)
+@numba.njit(nogil=True, cache=True)
+def _new_row(R, cs, B):
+    """A row of R encoded chunks of cs packed samples (B bytes each), all "not yet written"."""
+    row = np.full((R, SO_HEADER + cs * B + 1), PAD_CODE, np.uint8)
+    for r in range(R):
+        _so_header(row[r])
+        row[r, -1] = 0
+    return row
+
+
+@numba.njit(nogil=True, cache=True)
+def _scatter_rows(rowbuf, fill, packed, slots, j0, m):
+    """Packed sample j, row i → chunk slots[j, i] of the row, at sample fill + j - j0, for
+    j = j0 … j0+m-1 (1-d slice copies: 2.6x faster here than a byte loop)."""
+    B = packed.shape[2]
     for j in range(j0, j0 + m):
-        for i in range(src.shape[1]):
-            d = dst[slots[j, i], fill + j - j0]
-            s = src[j, i]
-            for x in range(N):
-                d[x] = s[x]
+        at = SO_HEADER + (fill + j - j0) * B
+        for i in range(packed.shape[1]):
+            rowbuf[slots[j, i], at:at + B] = packed[j, i]
 
 
 def _has_scaleoffset(dset):
@@ -184,17 +203,14 @@ def _refuse_if_locked(path):
 class RunWriter:
     """Owns the run file on the writer rank: creation, streaming samples, checkpoints.
 
-    Samples of the current chunk row of /spins wait in ``_rowbuf`` [R, cs, L, L] (``_fill`` of
-    them); the small per-sample fields wait in ``_pend_*`` (``_npend`` samples, not yet in
-    the file). ``n_samples`` counts every sample appended, written or not.
-
-    Full chunk rows are encoded and written by a background thread (the encoder releases the
-    GIL, as do the kernels the caller runs meanwhile) while the next rows fill other buffers
-    of a ring (a block of samples can complete several rows at once); every other use of
-    the file first waits for those writes (:meth:`_wait`), so the file sees the same
-    operations in the same order as without the thread."""
-
-    PAD = 0  # spins of a partially written chunk beyond its samples: the fill value, "unwritten"
+    Appended samples are handled by one background thread, a job per append (the caller's
+    kernels release the GIL meanwhile): it copies them into the current chunk row of /spins,
+    ``_rowbuf``, R chunks of cs samples already in their encoded (scale-offset) form, spins
+    packed 2 bits each (:func:`ising_dist.kernels.pack_spins`), ``_fill`` samples in; writes
+    each full row; queues the small per-sample fields in ``_pend_*`` (``_npend`` samples);
+    and makes everything visible to readers every ``flush_seconds``. Every other use of the
+    file first waits for the jobs (:meth:`_drain`), so the file sees the same operations in
+    the same order as without the thread. ``n_samples`` counts every sample appended."""
 
     def __init__(self, f, flush_seconds=0.5):
         self.f = f
@@ -202,15 +218,14 @@ class RunWriter:
         self.R, self.L = spins.shape[0], spins.shape[2]
         self.chunk = cs = spins.chunks[1]
         self.flush_seconds = flush_seconds
-        self._encode = _has_scaleoffset(spins)
+        self._encoded = _has_scaleoffset(spins)
         self._spins = spins
-        row_bytes = self.R * cs * self.L * self.L
-        self._free = [np.full((self.R, cs, self.L, self.L), self.PAD, np.int8)
-                      for _ in range(2 + 16 * 2**20 // row_bytes)]  # a ring of about 16 MiB
-        self._rowbuf = self._free.pop()
-        self._enc = np.zeros(_encoded_nbytes(cs * self.L * self.L), np.uint8)
+        self._B = B = self.L * self.L // 4  # bytes of a packed sample
+        self._rowbuf = _new_row(self.R, cs, B)
+        # unfiltered files (made for the collective writer) take the spins unpacked
+        self._raw = None if self._encoded else np.empty((cs, self.L, self.L), np.int8)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ising-writer")
-        self._inflight = collections.deque()  # (future, row buffer) of background writes
+        self._jobs = collections.deque()  # futures of the appends not yet handled
         self._cap = 0
         self._grow(max(cs, 256))
         self._last_flush = time.monotonic()
@@ -224,9 +239,12 @@ class RunWriter:
         self._npend = 0
         self._row_start = n - n % self.chunk
         self._fill = self._written = n - self._row_start
-        self._rowbuf[...] = self.PAD
+        self._rowbuf[:, SO_HEADER:-1] = PAD_CODE
         if self._fill:
-            self._rowbuf[:, :self._fill] = self._spins[:, self._row_start:n]
+            part = np.ascontiguousarray(self._spins[:, self._row_start:n])
+            packed = np.empty((self.R, self._fill * self._B), np.uint8)
+            pack_spins(part, packed)
+            self._rowbuf[:, SO_HEADER:SO_HEADER + packed.shape[1]] = packed
 
     def _grow(self, cap):
         R, k = self.R, self._cap
@@ -323,6 +341,8 @@ class RunWriter:
         return w, ckpt
 
     # -- streaming ----------------------------------------------------------------------
+    MAX_JOBS = 2  # appends queued at once: the caller waits for the oldest beyond that
+
     def append(self, sweep, spins, energy, magnet, replica):
         """Queue one sample (copied): spins int8 [R, L, L], energy/magnet float64 [R] per spin,
         replica int32 [R], all ordered by temperature slot."""
@@ -331,9 +351,30 @@ class RunWriter:
 
     def append_block(self, sweeps, spins, energy, magnet, replica, slots=None):
         """Queue k samples at once (copied): sweeps [k], spins int8 [k, R, L, L],
-        energy/magnet float64 [k, R] per spin, replica int32 [k, R]. Rows are ordered by
-        temperature slot, or, given slots int64 [k, R], row i of sample j is slot slots[j, i]
-        (one copy from a block in replica order, as the kernels produce it)."""
+        energy/magnet float64 [k, R] per spin, replica int32 [k, R], rows ordered by
+        temperature slot or by ``slots`` (see :meth:`append_packed`)."""
+        spins = np.ascontiguousarray(spins, np.int8)
+        packed = np.empty(spins.shape[:2] + (self._B,), np.uint8)
+        pack_spins(spins, packed)
+        self.append_packed(np.array(sweeps), packed, np.array(energy), np.array(magnet),
+                           np.array(replica), None if slots is None else np.array(slots))
+
+    def append_packed(self, sweeps, packed, energy, magnet, replica, slots=None):
+        """Queue k samples with the spins packed (uint8 [k, R, L·L/4],
+        :func:`ising_dist.kernels.pack_spins`), as the tempering loops capture them; other
+        arguments as in :meth:`append_block`. Rows are ordered by temperature slot, or, given
+        slots int64 [k, R], row i of sample j is slot slots[j, i] (one copy from a block in
+        replica order). NOT copied: the arrays must stay unchanged until the returned future
+        is done (``.result()``, which also raises the writer's error, if any)."""
+        while len(self._jobs) >= self.MAX_JOBS:
+            self._jobs.popleft().result()
+        self.n_samples += len(sweeps)
+        job = self._pool.submit(self._append, sweeps, packed, energy, magnet, replica, slots)
+        self._jobs.append(job)
+        return job
+
+    def _append(self, sweeps, packed, energy, magnet, replica, slots):
+        """The writer thread's part of :meth:`append_packed`."""
         k = len(sweeps)
         if self._npend + k > self._cap:
             self._grow(max(2 * self._cap, self._npend + k))
@@ -346,69 +387,48 @@ class RunWriter:
                              (self._pend_replica, replica)):
             np.put_along_axis(pend[i:i + k], slots, values, axis=1)
         self._npend = i + k
-        spins = np.ascontiguousarray(spins, np.int8)
+        packed = np.ascontiguousarray(packed, np.uint8)
         j = 0
         while j < k:
             m = min(k - j, self.chunk - self._fill)
-            _scatter_rows(self._rowbuf, self._fill, spins, slots, j, m)
+            _scatter_rows(self._rowbuf, self._fill, packed, slots, j, m)
             self._fill += m
-            self.n_samples += m
             j += m
             if self._fill == self.chunk:
                 self._write_row()
         if time.monotonic() - self._last_flush > self.flush_seconds:
-            self.flush()
+            self._flush()
 
     def _write_row(self):
-        """Write the current chunk row of /spins (R chunks): a full row in the background,
-        then another buffer of the ring becomes current; a partial one (at a flush) here
-        and now. The writes never touch the file from this thread while rows are in flight:
-        h5py's lock would make it wait for the writer thread."""
+        """Write the current chunk row of /spins (R chunks), full or (at a flush) partial;
+        a full row makes room for the next."""
         fill, n = self._fill, self._row_start + self._fill
         if fill < self.chunk:
-            self._wait()
-            self._rowbuf[:, fill:] = self.PAD
-            self._write_chunks(self._rowbuf, self._row_start, n)
-            self._written = fill
-            return
-        self._inflight.append((self._pool.submit(self._write_chunks, self._rowbuf,
-                                                 self._row_start, n), self._rowbuf))
-        if not self._free:  # the ring is full: wait for the oldest write
-            future, buf = self._inflight.popleft()
-            future.result()
-            self._free.append(buf)
-        self._rowbuf = self._free.pop()
-        self._row_start += self.chunk
-        self._fill = self._written = 0
-
-    def _write_chunks(self, rowbuf, off, extent):
-        """Grow /spins to ``extent`` samples, then write the R chunks of the row at sample
-        ``off``. Growing first: a reader may see the new extent before the chunks, and reads
-        the fill value 0 ("not yet written") there until they land."""
+            self._rowbuf[:, SO_HEADER + fill * self._B:-1] = PAD_CODE
         dset = self._spins
-        if extent > dset.shape[1]:
-            dset.resize(extent, axis=1)
+        if n > dset.shape[1]:  # grown first: readers see 0 ("not yet written") until written
+            dset.resize(n, axis=1)
         write = dset.id.write_direct_chunk
         for r in range(self.R):
-            src = rowbuf[r]
-            if self._encode:
-                encode_scaleoffset_int8(src.reshape(-1), self._enc)
-                write((r, off, 0, 0), self._enc, filter_mask=0)
+            if self._encoded:
+                write((r, self._row_start, 0, 0), self._rowbuf[r], filter_mask=0)
             else:
-                write((r, off, 0, 0), src, filter_mask=0)
+                unpack_spins(self._rowbuf[r, SO_HEADER:-1], self._raw)
+                write((r, self._row_start, 0, 0), self._raw, filter_mask=0)
+        if fill < self.chunk:
+            self._written = fill
+        else:
+            self._row_start += self.chunk
+            self._fill = self._written = 0
 
-    def _wait(self):
-        """Let the background row writes finish (and raise its error, if any)."""
-        while self._inflight:
-            future, buf = self._inflight.popleft()
-            future.result()
-            self._free.append(buf)
+    def _drain(self):
+        """Wait for the queued appends (and raise the writer's error, if any)."""
+        while self._jobs:
+            self._jobs.popleft().result()
 
-    def flush(self):
-        """Write the queued samples and make them visible to readers."""
+    def _flush(self):
         if self._fill > self._written:
             self._write_row()
-        self._wait()
         k = self._npend
         if k:
             f, n0, n1 = self.f, self._n_small, self._n_small + k
@@ -423,6 +443,11 @@ class RunWriter:
         self.f.flush()
         self._last_flush = time.monotonic()
 
+    def flush(self):
+        """Write the queued samples and make them visible to readers."""
+        self._drain()
+        self._flush()
+
     def truncate(self, n):
         """Cut the run back to n samples (queued ones are written first); appending goes on
         from there."""
@@ -433,7 +458,7 @@ class RunWriter:
         self._start_at(n)
 
     def set_temperatures(self, temperatures):
-        self._wait()
+        self._drain()
         self.f["temperatures"][:] = temperatures
 
     # -- checkpoints --------------------------------------------------------------------
@@ -495,16 +520,19 @@ class GatherWriter:
             spins, energy, magnet, replica = _assemble(parts, self.w.R, self.w.L)
             self.w.append(sweep, spins, energy, magnet, replica)
 
-    def sample_block(self, sweeps, ids, slots, spins, energy, magnet):
+    def sample_packed(self, sweeps, ids, slots, packed, energy, magnet):
         """k samples at once of the local replicas ``ids``: sweeps [k], slots int64 [k, n]
-        (temperature slot of each replica in each sample), spins int8 [k, n, L, L],
-        energy/magnet float64 [k, n] per spin. One gather for the whole block."""
+        (temperature slot of each replica in each sample), packed uint8 [k, n, L·L/4] the
+        spins packed (kernels.pack_spins), energy/magnet float64 [k, n] per spin. One gather
+        for the whole block. Rank 0 returns the writer's job (:meth:`RunWriter.append_packed`:
+        the arrays must stay unchanged until it is done), the others None."""
         # the ranks' rows side by side (buffer gathers); the writer puts them in slot order
-        slots, spins, energy, magnet, replica = (self.comm.gather_columns(a) for a in (
-            slots, spins, energy, magnet,
+        slots, packed, energy, magnet, replica = (self.comm.gather_columns(a) for a in (
+            slots, packed, energy, magnet,
             np.broadcast_to(ids.astype(np.int32), np.shape(slots))))
         if self.w is not None:
-            self.w.append_block(sweeps, spins, energy, magnet, replica, slots=slots)
+            return self.w.append_packed(sweeps, packed, energy, magnet, replica, slots=slots)
+        return None
 
     def checkpoint(self, shared, ids, spins, counters):
         parts = self.comm.gather((ids, spins, counters))
@@ -567,8 +595,11 @@ class CollectiveWriter:
         if len(self._buf) >= self.chunk:
             self.flush()
 
-    def sample_block(self, sweeps, ids, slots, spins, energy, magnet):
-        """k samples at once (arguments as in GatherWriter.sample_block)."""
+    def sample_packed(self, sweeps, ids, slots, packed, energy, magnet):
+        """k samples at once (arguments as in GatherWriter.sample_packed)."""
+        L = self.L
+        spins = np.empty(packed.shape[:2] + (L, L), np.int8)
+        unpack_spins(np.ascontiguousarray(packed), spins)
         for j in range(len(sweeps)):
             self.sample(int(sweeps[j]), ids, slots[j], spins[j], energy[j], magnet[j])
 

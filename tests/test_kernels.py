@@ -185,6 +185,23 @@ def test_initial_lattice_is_random_and_reproducible():
     assert abs(a.mean()) < 4 / 64  # 4σ for 4096 fair coin flips
 
 
+# ------------------------------------------------------------------ packed lattices
+def test_pack_spins_layout_and_round_trip():
+    """Two bits a spin, code s + 1, first spin in the most significant bits; 0 (the writer's
+    "not yet written") survives too."""
+    s = np.array([[-1, 1, 1, -1], [0, 0, 1, 1]], np.int8).reshape(1, 2, 4)
+    packed = np.empty((1, 2), np.uint8)
+    kernels.pack_spins(s, packed)
+    assert packed.tolist() == [[0b00101000, 0b01011010]]
+    rng = np.random.default_rng(0)
+    s = rng.integers(-1, 2, (3, 5, 6, 6)).astype(np.int8)
+    packed = np.empty((3, 5, 9), np.uint8)
+    kernels.pack_spins(s, packed)
+    back = np.empty_like(s)
+    kernels.unpack_spins(packed, back)
+    assert np.array_equal(back, s)
+
+
 # ------------------------------------------------------------------ parallel-tempering segment
 def pt_state(L, R, seed, algorithm, tmin=1.6, tmax=3.4):
     """Arguments of kernels.pt_segment for R replicas on a ladder from tmin to tmax."""
@@ -204,7 +221,7 @@ def pt_state(L, R, seed, algorithm, tmin=1.6, tmax=3.4):
 def run_segment(fn, st, sweep0, sweep1, exchange_every, sample_every, thermalize, cap, **kw):
     st = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
     R, L = st["spins"].shape[0], st["spins"].shape[2]
-    out = dict(out_spins=np.zeros((cap, R, L, L), np.int8), out_energy=np.zeros((cap, R)),
+    out = dict(out_spins=np.zeros((cap, R, L * L // 4), np.uint8), out_energy=np.zeros((cap, R)),
                out_magnet=np.zeros((cap, R)), out_slot=np.zeros((cap, R), np.int64),
                out_sweep=np.zeros(cap, np.int64))
     s = st
@@ -213,6 +230,8 @@ def run_segment(fn, st, sweep0, sweep1, exchange_every, sample_every, thermalize
            s["round_trips"], s["xkey"], sweep0, sweep1, s["n_metropolis"], exchange_every,
            sample_every, thermalize, s["energy"], s["magnet"], s["flipped"], *out.values(), **kw)
     st.update({k: v[:n] for k, v in out.items()})
+    st["out_spins"] = np.empty((n, R, L, L), np.int8)  # captured packed: unpack to compare
+    kernels.unpack_spins(out["out_spins"][:n], st["out_spins"])
     return st
 
 
