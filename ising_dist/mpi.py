@@ -42,9 +42,9 @@ class SerialComm:
         """Rows of every rank stacked: [size, *row.shape] (same shape and dtype everywhere)."""
         return row[None].copy()
 
-    def gather_columns(self, a, root=0):
-        """Arrays [k, n_rank, ...] of every rank joined along axis 1 on root, else None."""
-        return a
+    def gather_blocks(self, a, root=0):
+        """Every rank's array [k, n_rank, ...], a list by rank on root, else None."""
+        return [a]
 
     def barrier(self):
         pass
@@ -83,22 +83,24 @@ class MPIComm:
         self.comm.Allgather(np.ascontiguousarray(row), out)
         return out
 
-    def gather_columns(self, a, root=0):
-        """Arrays [k, n_rank, ...] of every rank (same k, trailing dims and dtype) joined
-        along axis 1 on root, else None. A buffer collective: blocks of samples are
-        megabytes, which the pickling gather copies twice through fresh memory."""
+    def gather_blocks(self, a, root=0):
+        """Every rank's array [k, n_rank, ...] (same k, trailing dims and dtype), a list by
+        rank on root, else None. Buffer collectives: blocks of samples are megabytes, which
+        the pickling gather copies twice through fresh memory."""
         if self.size == 1:
-            return a
+            return [a]
         a = np.ascontiguousarray(a)
-        shapes = self.comm.gather(a.shape, root=root)
+        n = np.zeros(self.size if self.rank == root else 0, np.int64)
+        self.comm.Gather(np.array([a.shape[1]], np.int64), n, root=root)
         if self.rank != root:
             self.comm.Gatherv(a, None, root=root)
             return None
-        counts = [int(np.prod(sh)) for sh in shapes]
+        per = a.size // a.shape[1]  # elements per unit of axis 1 (every rank has replicas)
+        counts = [int(m) * per for m in n]
         buf = np.empty(sum(counts), a.dtype)
         self.comm.Gatherv(a, (buf, counts), root=root)
         parts = np.split(buf, np.cumsum(counts)[:-1])
-        return np.concatenate([p.reshape(sh) for p, sh in zip(parts, shapes)], axis=1)
+        return [p.reshape((a.shape[0], int(m)) + a.shape[2:]) for p, m in zip(parts, n)]
 
     def barrier(self):
         self.comm.Barrier()
