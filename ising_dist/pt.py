@@ -101,6 +101,7 @@ class ParallelTempering:
                 "attempted", "accepted", "window_attempted", "window_accepted")], np.int64)
             self.n_wolff = ckpt["n_wolff"].copy()
             self.sweep = int(ckpt["position"][0])
+        self._set_ladder(self.temps)
         # views of the exchange statistics (rows of exch, updated in place by the kernels)
         self.attempted, self.accepted, self.win_att, self.win_acc = self.exch
         self.energy = np.zeros(R, np.int64)
@@ -196,12 +197,10 @@ class ParallelTempering:
         n_metropolis = 0 if algorithm == "wolff" else (1 if algorithm == "metropolis"
                                                        else cfg.n_metropolis)
         n_wolff = np.zeros(self.R, np.int64) if algorithm == "metropolis" else self.n_wolff
-        beta = 1.0 / self.temps
-        common = (kernels.metropolis_thresholds(beta), kernels.wolff_threshold(beta), n_wolff,
-                  beta, ch.keys, ch.wkeys, ch.counters, self.slot_of, self.exch,
-                  self.direction, self.round_trips, self.xkey, self.sweep, s, n_metropolis,
-                  cfg.exchange_every, cfg.sample_every, cfg.thermalize, ch.energy, ch.magnet,
-                  ch.flipped)
+        common = (self._thr, self._padd, n_wolff, self._beta, ch.keys, ch.wkeys, ch.counters,
+                  self.slot_of, self.exch, self.direction, self.round_trips, self.xkey,
+                  self.sweep, s, n_metropolis, cfg.exchange_every, cfg.sample_every,
+                  cfg.thermalize, ch.energy, ch.magnet, ch.flipped)
         out = (b["spins"], b["energy"], b["magnet"], b["slot"], b["sweep"])
         if self.comm.size == 1:
             n = ch.kern.pt_segment(ch.spins, *common, *out)
@@ -234,7 +233,7 @@ class ParallelTempering:
 
     # -- events ---------------------------------------------------------------------------
     def _exchange(self, round_index):
-        kernels.exchange_round(round_index, self.xkey, 1.0 / self.temps, self.energy,
+        kernels.exchange_round(round_index, self.xkey, self._beta, self.energy,
                                self.slot_of, self.exch, self.direction, self.round_trips)
 
     def _adapt(self):
@@ -251,9 +250,17 @@ class ParallelTempering:
         gaps *= (beta[0] - beta[-1]) / gaps.sum()
         beta = beta[0] - np.concatenate([[0.0], np.cumsum(gaps)])
         beta[-1] = 1.0 / self.temps[-1]
-        self.temps = 1.0 / beta
+        self._set_ladder(1.0 / beta)
         self.win_att[:] = 0
         self.win_acc[:] = 0
+
+    def _set_ladder(self, temps):
+        """The temperatures and the kernels' per-slot parameters (computed here, before the
+        run's clock starts, also on ranks whose first numba call this is)."""
+        self.temps = temps
+        self._beta = 1.0 / temps
+        self._thr = kernels.metropolis_thresholds(self._beta)
+        self._padd = kernels.wolff_threshold(self._beta)
 
     def _calibrate_wolff(self):
         slots = self.slot_of[self.chains.replica_ids]
@@ -472,6 +479,7 @@ def main(argv=None):
         pt.stop_requested = True
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    comm.barrier()  # the clock starts when every rank is set up
     t0 = time.perf_counter()
     pt.run()
     writer.close()
