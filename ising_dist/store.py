@@ -218,6 +218,13 @@ class RunWriter:
         self._raw = None if self._encoded else np.empty((cs, self.L, self.L), np.int8)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ising-writer")
         self._jobs = collections.deque()  # futures of the appends not yet handled
+        # single samples (append) wait here until a chunk's worth is handed over
+        self._nstage = 0
+        self._last_submit = time.monotonic()
+        self._stage_packed = np.empty((cs, self.R, B), np.uint8)
+        self._stage_sweep = np.empty(cs, np.int64)
+        self._stage_energy, self._stage_magnet = np.empty((cs, self.R)), np.empty((cs, self.R))
+        self._stage_replica = np.empty((cs, self.R), np.int32)
         self._cap = 0
         self._grow(max(cs, 256))
         self._last_flush = time.monotonic()
@@ -337,9 +344,29 @@ class RunWriter:
 
     def append(self, sweep, spins, energy, magnet, replica):
         """Queue one sample (copied): spins int8 [R, L, L], energy/magnet float64 [R] per spin,
-        replica int32 [R], all ordered by temperature slot."""
-        self.append_block([sweep], np.asarray(spins)[None], np.asarray(energy)[None],
-                          np.asarray(magnet)[None], np.asarray(replica)[None])
+        replica int32 [R], all ordered by temperature slot. Single samples are staged here
+        and handed to the writer thread a chunk's worth at a time (or after flush_seconds):
+        a job per sample would cost more than the sample."""
+        i = self._nstage
+        pack_spins(np.ascontiguousarray(spins, np.int8), self._stage_packed[i])
+        self._stage_sweep[i] = sweep
+        self._stage_energy[i] = energy
+        self._stage_magnet[i] = magnet
+        self._stage_replica[i] = replica
+        self._nstage = i + 1
+        self.n_samples += 1
+        if self._nstage == self.chunk or \
+                time.monotonic() - self._last_submit > self.flush_seconds:
+            self._submit_stage()
+
+    def _submit_stage(self):
+        n, self._nstage = self._nstage, 0
+        self._last_submit = time.monotonic()
+        if n:
+            slots = np.broadcast_to(np.arange(self.R, dtype=np.int64), (n, self.R))
+            self._submit(self._stage_sweep[:n].copy(), [(slots, *(a[:n].copy() for a in (
+                self._stage_packed, self._stage_energy, self._stage_magnet,
+                self._stage_replica)))])
 
     def append_block(self, sweeps, spins, energy, magnet, replica, slots=None):
         """Queue k samples at once (copied): sweeps [k], spins int8 [k, R, L, L],
@@ -361,9 +388,13 @@ class RunWriter:
         packed (:func:`ising_dist.kernels.pack_spins`), as the tempering loops capture them.
         NOT copied: the arrays must stay unchanged until the returned future is done
         (``.result()``, which also raises the writer's error, if any)."""
+        self._submit_stage()  # samples keep their order
+        self.n_samples += len(sweeps)
+        return self._submit(sweeps, parts)
+
+    def _submit(self, sweeps, parts):
         while len(self._jobs) >= self.MAX_JOBS:
             self._jobs.popleft().result()
-        self.n_samples += len(sweeps)
         job = self._pool.submit(self._append, sweeps, parts)
         self._jobs.append(job)
         return job
@@ -417,6 +448,7 @@ class RunWriter:
 
     def _drain(self):
         """Wait for the queued appends (and raise the writer's error, if any)."""
+        self._submit_stage()
         while self._jobs:
             self._jobs.popleft().result()
 
