@@ -50,7 +50,10 @@ class SerialComm:
         pass
 
     def abort(self, code=1):
-        sys.exit(code)
+        """Exit now, without clean-up (e.g. of an HDF5 file whose writes failed)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 class MPIComm:
@@ -106,6 +109,7 @@ class MPIComm:
         self.comm.Barrier()
 
     def abort(self, code=1):
+        """End every rank now (others may wait in a collective), without clean-up."""
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)

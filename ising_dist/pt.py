@@ -481,8 +481,15 @@ def main(argv=None):
     signal.signal(signal.SIGINT, request_stop)
     comm.barrier()  # the clock starts when every rank is set up
     t0 = time.perf_counter()
-    pt.run()
-    writer.close()
+    try:
+        pt.run()
+        writer.close()
+    except OSError as exc:  # the file system is full, a quota or file-size limit is reached, …
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"error: writing {cfg.out} failed: {why}.\nThe file keeps every sample up to its "
+              f"last checkpoint. Make room, then continue with:\n  python -m ising_dist.pt "
+              f"--out {cfg.out} --resume", file=sys.stderr)
+        comm.abort(1)  # HDF5 cannot close the file cleanly now; other ranks may be waiting
     if comm.rank == 0:
         elapsed = time.perf_counter() - t0
         if pt.sweep < pt.total:

@@ -33,6 +33,8 @@ resuming clears the flag (``h5clear -s``, from Debian's hdf5-tools) before reope
 
 import collections
 import fcntl
+import os
+import re
 import shutil
 import subprocess
 import time
@@ -176,6 +178,20 @@ def _clear_crash_flag(path):
                          f"before it can be resumed; install it with `apt-get install "
                          f"hdf5-tools` (the Makefile's setup does this)")
     subprocess.run([exe, "-s", str(path)], check=True, capture_output=True)
+
+
+def _repair_truncated(path):
+    """A write that failed (full file system, quota, file-size limit) can leave the file
+    shorter than the size its superblock records, and HDF5 refuses to open it. Pad it with
+    zeros to that size: what the failed writes held lies past the last checkpoint, which
+    resuming cuts away. Other files are left alone."""
+    try:
+        h5py.File(path, "r").close()
+        return
+    except OSError as exc:
+        m = re.search(r"truncated file: eof = (\d+),.*stored_eof = (\d+)", str(exc))
+    if m and int(m.group(2)) > int(m.group(1)) == path.stat().st_size:
+        os.truncate(path, int(m.group(2)))
 
 
 def _refuse_if_locked(path):
@@ -322,14 +338,21 @@ class RunWriter:
             raise StoreError(f"--resume: {str(path)!r} does not exist; drop --resume to start "
                              f"a new run")
         _refuse_if_locked(path)
+        size = path.stat().st_size
+        _repair_truncated(path)
         try:
             h5py.File(path, "r").close()
         except OSError as exc:
             if "already open for write" not in str(exc):
+                os.truncate(path, size)
                 raise StoreError(f"{str(path)!r} is not a readable HDF5 file ({exc})") from None
             _clear_crash_flag(path)
         with h5py.File(path, "r") as f:
-            check_ours(f, path)
+            try:
+                check_ours(f, path)
+            except StoreError:
+                os.truncate(path, size)  # leave a foreign file as it was
+                raise
         w = cls._open_swmr(path)
         ckpt = w.read_checkpoint()
         if ckpt is None:

@@ -155,6 +155,29 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     assert subprocess.run(["h5ls", "-r", str(out)], capture_output=True).returncode == 0
 
 
+def test_a_failed_write_stops_the_run_and_resume_recovers_the_file(tmp_path):
+    """A full file system, a quota or a file-size limit (here RLIMIT_FSIZE) makes a write
+    fail mid-run: the run stops with exit 1 and says how to continue (no traceback); the
+    file resumes and then equals an uninterrupted run bit for bit."""
+    import resource
+    args = [*SMALL, "--L", "32", "--replicas", "4", "--sweeps", "4000", "--sample-every", "1",
+            "--checkpoint-every", "250"]  # about 4.5 MB of samples
+    ref, out = tmp_path / "ref.h5", tmp_path / "full.h5"
+    run_pt(*args, "--out", ref)
+    limit = 2_000_000  # bytes per file (numba's cache files are smaller)
+    res = subprocess.run(pt_cmd(*args, "--out", out), env=env(), cwd=ROOT, capture_output=True,
+                         text=True, timeout=600,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                               (limit, limit)))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "failed: File too large" in res.stderr and "--resume" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert out.stat().st_size <= limit
+    res = run_pt("--out", out, "--resume", "--no-progress")
+    assert "done" in res.stdout
+    assert_same_data(read_all(ref), read_all(out))
+
+
 def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path):
     args = [*SMALL, "--L", "16", "--sweeps", "1000000", "--sample-every", "200",
             "--checkpoint-every", "10000000"]

@@ -252,6 +252,46 @@ def test_resume_after_a_killed_writer(tmp_path, compress):
     assert_file_holds(path, join(take(s, 0, 1100), more))
 
 
+FAILED_WRITER = """
+import resource, sys
+import numpy as np
+from ising_dist.store import RunWriter
+sys.path.insert(0, {tests!r})
+from test_store import checkpoint_state, feed, make_samples, take
+L, R = 32, 4
+rng = np.random.default_rng(5)
+s = make_samples(rng, 600, R, L)
+w = RunWriter.create({path!r}, "L: 32\\n", L, 1, np.linspace(1.5, 3.0, R))
+w.flush_seconds = 1e9  # flushes only where asked: the same file layout every time
+feed(w, take(s, 0, 200), rng)
+w.checkpoint(checkpoint_state(R, L, 7))
+resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))  # the disk fills up
+feed(w, take(s, 200, 600), rng, flush_prob=0.1)
+w.flush()
+"""
+
+
+def test_resume_after_writes_failed_on_a_full_disk(tmp_path):
+    """An unhandled write error (here: a file-size limit) whose clean-up still flushed HDF5's
+    superblock leaves a file shorter than it records, which HDF5 refuses to open; resuming
+    pads it back and cuts to the checkpoint."""
+    path = tmp_path / "full.h5"
+    res = subprocess.run([sys.executable, "-c", FAILED_WRITER.format(
+        tests=str(ROOT / "tests"), path=str(path))], cwd=ROOT, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode != 0 and "File too large" in res.stderr, res.stderr
+    with pytest.raises(OSError, match="truncated file"):
+        h5py.File(path, "r")
+    rng = np.random.default_rng(5)
+    s = make_samples(rng, 600, 4, 32)
+    more = make_samples(rng, 100, 4, 32, start=200)
+    w, ckpt = RunWriter.reopen(path)
+    assert ckpt["position"][1] == 200
+    feed(w, more, rng, flush_prob=0.1)
+    w.close()
+    assert_file_holds(path, join(take(s, 0, 200), more))
+
+
 def test_uncompressed_file_round_trips(tmp_path):
     """Files made for the collective writer (compress=False, chunks allocated early) take raw
     chunks; a gather-writer resume of such a file appends to it."""
