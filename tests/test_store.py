@@ -236,20 +236,32 @@ os._exit(0)   # killed: no close, HDF5's "open for writing" flag stays set
 """
 
 
+def run_writer_script(script, path, **fields):
+    """Run a writer script (using this module's helpers) in a process of its own."""
+    return subprocess.run([sys.executable, "-c", script.format(
+        tests=str(ROOT / "tests"), path=str(path), **fields)], cwd=ROOT, capture_output=True,
+        text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def assert_resumes_at(path, S, R, L, n):
+    """``path`` was written by a script from make_samples(default_rng(5), S, R, L) with a
+    checkpoint after n samples: reopening cuts it to those n, and appending continues them."""
+    rng = np.random.default_rng(5)
+    s = make_samples(rng, S, R, L)
+    more = make_samples(rng, 200, R, L, start=n)
+    w, ckpt = RunWriter.reopen(path)
+    assert ckpt["position"][1] == n
+    feed(w, more, rng, flush_prob=0.1)
+    w.close()
+    assert_file_holds(path, join(take(s, 0, n), more))
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_resume_after_a_killed_writer(tmp_path, compress):
     path = tmp_path / "killed.h5"
-    subprocess.run([sys.executable, "-c", KILLED_WRITER.format(
-        tests=str(ROOT / "tests"), path=str(path), compress=compress)], check=True, cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    rng = np.random.default_rng(5)
-    s = make_samples(rng, 1500, 3, 8)
-    more = make_samples(rng, 200, 3, 8, start=1100)
-    w, ckpt = RunWriter.reopen(path)
-    assert ckpt["position"][1] == 1100
-    feed(w, more, rng, flush_prob=0.1)
-    w.close()
-    assert_file_holds(path, join(take(s, 0, 1100), more))
+    res = run_writer_script(KILLED_WRITER, path, compress=compress)
+    assert res.returncode == 0, res.stderr
+    assert_resumes_at(path, 1500, 3, 8, 1100)
 
 
 FAILED_WRITER = """
@@ -276,20 +288,11 @@ def test_resume_after_writes_failed_on_a_full_disk(tmp_path):
     superblock leaves a file shorter than it records, which HDF5 refuses to open; resuming
     pads it back and cuts to the checkpoint."""
     path = tmp_path / "full.h5"
-    res = subprocess.run([sys.executable, "-c", FAILED_WRITER.format(
-        tests=str(ROOT / "tests"), path=str(path))], cwd=ROOT, capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    res = run_writer_script(FAILED_WRITER, path)
     assert res.returncode != 0 and "File too large" in res.stderr, res.stderr
     with pytest.raises(OSError, match="truncated file"):
         h5py.File(path, "r")
-    rng = np.random.default_rng(5)
-    s = make_samples(rng, 600, 4, 32)
-    more = make_samples(rng, 100, 4, 32, start=200)
-    w, ckpt = RunWriter.reopen(path)
-    assert ckpt["position"][1] == 200
-    feed(w, more, rng, flush_prob=0.1)
-    w.close()
-    assert_file_holds(path, join(take(s, 0, 200), more))
+    assert_resumes_at(path, 600, 4, 32, 200)
 
 
 def test_uncompressed_file_round_trips(tmp_path):
