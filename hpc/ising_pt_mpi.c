@@ -4,14 +4,22 @@
  * Each rank holds a contiguous block of replica ids; every exchange round needs the energies
  * of all replicas, so the Python event loop would pay tens of microseconds per round, as
  * long as the sweeps between rounds take with fast kernels. Here a round costs one
- * MPI_Allgatherv of R int64 energies; the exchange decisions (ising_exchange_round) use a
- * stream every rank evaluates identically, so the result does not depend on the rank count.
+ * exchange of R int64 energies; the exchange decisions (ising_exchange_round) use a stream
+ * every rank evaluates identically, so the result does not depend on the rank count.
+ *
+ * When every rank runs on one node, the energies go through an MPI shared-memory window:
+ * each rank writes its block and raises its round counter, then waits for everyone's
+ * (0.1 us a round on 2 ranks here, against 1.3 us for MPI_Allgatherv, which synchronises
+ * as much). Across nodes, MPI_Allgatherv.
  *
  * The library must call the same MPI library instance as the caller (mpi4py): the loader
  * checks ising_pt_mpi_initialized() == 1, which a second, uninitialised copy of MPI fails.
  */
 #include <mpi.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ising_kernels.h"
@@ -43,16 +51,83 @@ void ising_pt_mpi_library_version(char *buf, int len)
 typedef struct {
     MPI_Comm comm;
     const int *counts, *displs;
-    int n_local;
+    int n_local, rank, size;
+    int64_t R;
+    /* shared memory (NULL: across nodes): a round counter per rank, one cache line each,
+     * then two copies of the R energies, used by alternate rounds */
+    MPI_Win win;
+    _Atomic int64_t *round;
+    int64_t *energies;
+    int64_t seq;  /* rounds shared so far in this call */
 } share_ctx;
+
+#define LINE 8  /* int64 per cache line */
+
+/* A shared window when all ranks of c->comm are on one node (collective); else none, also
+ * when ISING_PT_SHM=0 (the same on every rank: tests use it for the path across nodes). */
+static void open_shared(share_ctx *c)
+{
+    MPI_Comm node;
+    int node_size = 0;
+    const char *use = getenv("ISING_PT_SHM");
+    c->round = NULL;
+    if ((use && strcmp(use, "0") == 0) || MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
+        MPI_SUCCESS)
+        return;
+    MPI_Comm_size(node, &node_size);
+    MPI_Comm_free(&node);
+    if (node_size != c->size)  /* the same answer on every rank */
+        return;
+    const MPI_Aint bytes = c->rank == 0 ? (MPI_Aint)((LINE * c->size + 2 * c->R) * 8) : 0;
+    char *base = NULL;
+    if (MPI_Win_allocate_shared(bytes, 8, MPI_INFO_NULL, c->comm, &base, &c->win) !=
+        MPI_SUCCESS)
+        return;
+    MPI_Aint size;
+    int unit;
+    MPI_Win_shared_query(c->win, 0, &size, &unit, &base);
+    c->round = (_Atomic int64_t *)base;
+    c->energies = (int64_t *)base + LINE * c->size;
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, c->win);
+    if (c->rank == 0)
+        for (int p = 0; p < c->size; p++)
+            atomic_store(&c->round[LINE * p], -1);
+    MPI_Barrier(c->comm);
+    c->seq = 0;
+}
+
+static void close_shared(share_ctx *c)
+{
+    if (!c->round)
+        return;
+    MPI_Barrier(c->comm);  /* nobody still reads the energies */
+    MPI_Win_unlock_all(c->win);
+    MPI_Win_free(&c->win);
+    c->round = NULL;
+}
 
 /* Every rank's energies, by replica id (ising_share_fn). */
 static int share_energies(void *ctx, const int64_t *energy, int64_t *energy_all)
 {
-    const share_ctx *c = ctx;
-    const int err = MPI_Allgatherv(energy, c->n_local, MPI_INT64_T, energy_all, c->counts,
-                                   c->displs, MPI_INT64_T, c->comm);
-    return err == MPI_SUCCESS ? ISING_OK : 1000 + err;
+    share_ctx *c = ctx;
+    if (!c->round) {
+        const int err = MPI_Allgatherv(energy, c->n_local, MPI_INT64_T, energy_all, c->counts,
+                                       c->displs, MPI_INT64_T, c->comm);
+        return err == MPI_SUCCESS ? ISING_OK : 1000 + err;
+    }
+    /* a rank writes copy seq % 2 only after everyone has raised its counter to seq - 1,
+     * i.e. has finished reading copy (seq - 2) % 2 */
+    const int64_t seq = c->seq++;
+    int64_t *copy = c->energies + (seq & 1) * c->R;
+    memcpy(copy + c->displs[c->rank], energy, (size_t)c->n_local * sizeof *energy);
+    atomic_store_explicit(&c->round[LINE * c->rank], seq, memory_order_release);
+    for (int p = 0; p < c->size; p++)
+        for (long spins = 0;
+             atomic_load_explicit(&c->round[LINE * p], memory_order_acquire) < seq; spins++)
+            if (spins > 4096)
+                sched_yield();  /* more ranks than cores: let the others run */
+    memcpy(energy_all, copy, (size_t)c->R * sizeof *energy_all);
+    return ISING_OK;
 }
 
 /* ising_pt_segment_ranks across the ranks of the communicator with Fortran handle comm_f:
@@ -73,12 +148,17 @@ int ising_pt_segment_mpi(int comm_f, const int *counts, const int *displs, int8_
                          double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
                          int64_t capacity, int64_t *n_out, int n_threads)
 {
-    share_ctx ctx = {MPI_Comm_f2c(comm_f), counts, displs, (int)R_local};
-    return ising_pt_segment_ranks(spins, R_local, id0, R, L, thr_slot, padd_slot, nw_slot,
-                                  beta_slot, keys, wkeys, counters, slot_of, exch, direction,
-                                  round_trips, xkey, sweep0, sweep1, n_metropolis,
-                                  exchange_every, sample_every, thermalize, energy, magnet,
-                                  flipped, energy_all, share_energies, &ctx, out_spins,
-                                  out_energy, out_magnet, out_slot, out_sweep, capacity, n_out,
-                                  n_threads);
+    share_ctx ctx = {.comm = MPI_Comm_f2c(comm_f), .counts = counts, .displs = displs,
+                     .n_local = (int)R_local, .R = R};
+    MPI_Comm_rank(ctx.comm, &ctx.rank);
+    MPI_Comm_size(ctx.comm, &ctx.size);
+    open_shared(&ctx);
+    const int rc = ising_pt_segment_ranks(
+        spins, R_local, id0, R, L, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys,
+        counters, slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
+        exchange_every, sample_every, thermalize, energy, magnet, flipped, energy_all,
+        share_energies, &ctx, out_spins, out_energy, out_magnet, out_slot, out_sweep, capacity,
+        n_out, n_threads);
+    close_shared(&ctx);
+    return rc;
 }

@@ -37,9 +37,9 @@ def pt_cmd(*args, ranks=None):
     return cmd
 
 
-def run_pt(*args, ranks=None, check=True):
-    res = subprocess.run(pt_cmd(*args, ranks=ranks), env=env(bool(ranks)), cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+def run_pt(*args, ranks=None, check=True, **environ):
+    res = subprocess.run(pt_cmd(*args, ranks=ranks), env={**env(bool(ranks)), **environ},
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert res.returncode == 0, res.stdout + res.stderr
     return res
@@ -73,14 +73,16 @@ def wait_for_checkpoint(path, proc, timeout=120):
 @pytest.mark.mpi
 def test_results_do_not_depend_on_rank_count(tmp_path):
     """Compiled loops (one rank: kernels.pt_segment; several ranks with native kernels:
-    libising_pt_mpi) and the Python event loop (several ranks, numba) agree bit for bit,
-    adaptive ladder included."""
+    libising_pt_mpi, energies through shared memory or, as across nodes, MPI_Allgatherv)
+    and the Python event loop (several ranks, numba) agree bit for bit, adaptive ladder
+    included."""
     files = []
-    for ranks, backend in ((1, "auto"), (2, "auto"), (4, "auto"), (2, "numba")):
-        out = tmp_path / f"n{ranks}_{backend}.h5"
+    for ranks, backend, shm in ((1, "auto", "1"), (2, "auto", "1"), (4, "auto", "1"),
+                                (4, "auto", "0"), (2, "numba", "1")):
+        out = tmp_path / f"n{ranks}_{backend}_{shm}.h5"
         run_pt(*SMALL, "--sweeps", "300", "--algorithm", "hybrid", "--n-wolff", "2",
                "--ladder", "adaptive", "--adapt-every", "5", "--exchange-every", "3",
-               "--backend", backend, "--out", out, ranks=ranks)
+               "--backend", backend, "--out", out, ranks=ranks, ISING_PT_SHM=shm)
         files.append(read_all(out))
     assert files[0]["spins"].shape == (6, 150, 8, 8)
     for other in files[1:]:
