@@ -88,7 +88,7 @@ int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const do
  * energy, magnet, flipped and the samples are local; slot_of, exch, direction, round_trips
  * are global and kept identical on every rank. Before each exchange round
  * share(share_ctx, energy, energy_all) must fill energy_all int64 [R] with every replica's
- * energy by id (an MPI_Allgatherv: libising_pt_mpi.so) and return 0, else its error code is
+ * energy by id (shared memory or MPI_Allgatherv: libising_pt_mpi.so) and return 0, else its error code is
  * returned. share may be NULL only when R_local == R. Other arguments as in
  * ising_advance_replicas and ising_exchange_round. */
 typedef int (*ising_share_fn)(void *share_ctx, const int64_t *energy, int64_t *energy_all);
