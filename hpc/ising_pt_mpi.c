@@ -48,85 +48,117 @@ void ising_pt_mpi_library_version(char *buf, int len)
     buf[n] = 0;
 }
 
+/* The shared-memory channel: a round counter per rank, one cache line each, then two
+ * copies of the R energies, used by alternate rounds. Opened on first use for a
+ * communicator and kept (a window costs a collective allocation), freed at MPI_Finalize. */
 typedef struct {
+    int checked;              /* whether `round` below was decided for comm, size, R */
     MPI_Comm comm;
-    const int *counts, *displs;
-    int n_local, rank, size;
+    int rank, size;
     int64_t R;
-    /* shared memory (NULL: across nodes): a round counter per rank, one cache line each,
-     * then two copies of the R energies, used by alternate rounds */
     MPI_Win win;
-    _Atomic int64_t *round;
+    _Atomic int64_t *round;   /* NULL: no shared memory (ranks on several nodes) */
     int64_t *energies;
-    int64_t seq;  /* rounds shared so far in this call */
-} share_ctx;
+    int64_t seq;              /* rounds shared so far */
+} shared_channel;
+
+static shared_channel channel;
 
 #define LINE 8  /* int64 per cache line */
 
-/* A shared window when all ranks of c->comm are on one node (collective); else none, also
- * when ISING_PT_SHM=0 (the same on every rank: tests use it for the path across nodes). */
-static void open_shared(share_ctx *c)
+static void close_channel(void)
 {
+    if (channel.round) {
+        MPI_Win_unlock_all(channel.win);
+        MPI_Win_free(&channel.win);  /* collective: every rank closes at the same point */
+    }
+    memset(&channel, 0, sizeof channel);
+}
+
+static int close_at_finalize(MPI_Comm comm, int keyval, void *value, void *extra)
+{
+    (void)comm, (void)keyval, (void)value, (void)extra;
+    close_channel();
+    return MPI_SUCCESS;
+}
+
+/* Collective: the channel for comm and R, opened when all ranks are on one node (and not
+ * ISING_PT_SHM=0, set alike on every rank: tests use it for the path across nodes). */
+static void open_channel(MPI_Comm comm, int64_t R)
+{
+    int size;
+    MPI_Comm_size(comm, &size);
+    if (channel.checked && channel.comm == comm && channel.size == size && channel.R == R)
+        return;
+    if (channel.checked)
+        close_channel();
+    else {  /* first use: free the window when MPI finalizes (it deletes COMM_SELF's attributes first) */
+        int keyval;
+        if (MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, close_at_finalize, &keyval, NULL) ==
+            MPI_SUCCESS)
+            MPI_Comm_set_attr(MPI_COMM_SELF, keyval, NULL);
+    }
+    channel.checked = 1;
+    channel.comm = comm;
+    channel.size = size;
+    channel.R = R;
+    MPI_Comm_rank(comm, &channel.rank);
+    const char *use = getenv("ISING_PT_SHM");
     MPI_Comm node;
     int node_size = 0;
-    const char *use = getenv("ISING_PT_SHM");
-    c->round = NULL;
-    if ((use && strcmp(use, "0") == 0) || MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
-        MPI_SUCCESS)
+    if ((use && strcmp(use, "0") == 0) ||
+        MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS)
         return;
     MPI_Comm_size(node, &node_size);
     MPI_Comm_free(&node);
-    if (node_size != c->size)  /* the same answer on every rank */
+    if (node_size != size)  /* the same answer on every rank */
         return;
-    const MPI_Aint bytes = c->rank == 0 ? (MPI_Aint)((LINE * c->size + 2 * c->R) * 8) : 0;
+    const MPI_Aint bytes = channel.rank == 0 ? (MPI_Aint)((LINE * size + 2 * R) * 8) : 0;
     char *base = NULL;
-    if (MPI_Win_allocate_shared(bytes, 8, MPI_INFO_NULL, c->comm, &base, &c->win) !=
+    if (MPI_Win_allocate_shared(bytes, 8, MPI_INFO_NULL, comm, &base, &channel.win) !=
         MPI_SUCCESS)
         return;
-    MPI_Aint size;
+    MPI_Aint got;
     int unit;
-    MPI_Win_shared_query(c->win, 0, &size, &unit, &base);
-    c->round = (_Atomic int64_t *)base;
-    c->energies = (int64_t *)base + LINE * c->size;
-    MPI_Win_lock_all(MPI_MODE_NOCHECK, c->win);
-    if (c->rank == 0)
-        for (int p = 0; p < c->size; p++)
-            atomic_store(&c->round[LINE * p], -1);
-    MPI_Barrier(c->comm);
-    c->seq = 0;
+    MPI_Win_shared_query(channel.win, 0, &got, &unit, &base);
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, channel.win);
+    channel.round = (_Atomic int64_t *)base;
+    channel.energies = (int64_t *)base + LINE * size;
+    if (channel.rank == 0)
+        for (int p = 0; p < size; p++)
+            atomic_store(&channel.round[LINE * p], -1);
+    MPI_Barrier(comm);
+    channel.seq = 0;
 }
 
-static void close_shared(share_ctx *c)
-{
-    if (!c->round)
-        return;
-    MPI_Barrier(c->comm);  /* nobody still reads the energies */
-    MPI_Win_unlock_all(c->win);
-    MPI_Win_free(&c->win);
-    c->round = NULL;
-}
+typedef struct {
+    MPI_Comm comm;
+    const int *counts, *displs;
+    int n_local;
+} share_ctx;
 
 /* Every rank's energies, by replica id (ising_share_fn). */
 static int share_energies(void *ctx, const int64_t *energy, int64_t *energy_all)
 {
-    share_ctx *c = ctx;
-    if (!c->round) {
+    const share_ctx *c = ctx;
+    shared_channel *ch = &channel;
+    if (!ch->round) {
         const int err = MPI_Allgatherv(energy, c->n_local, MPI_INT64_T, energy_all, c->counts,
                                        c->displs, MPI_INT64_T, c->comm);
         return err == MPI_SUCCESS ? ISING_OK : 1000 + err;
     }
     /* a rank writes copy seq % 2 only after everyone has raised its counter to seq - 1,
      * i.e. has finished reading copy (seq - 2) % 2 */
-    const int64_t seq = c->seq++;
-    int64_t *copy = c->energies + (seq & 1) * c->R;
-    memcpy(copy + c->displs[c->rank], energy, (size_t)c->n_local * sizeof *energy);
-    atomic_store_explicit(&c->round[LINE * c->rank], seq, memory_order_release);
-    for (int p = 0; p < c->size; p++)
+    const int64_t seq = ch->seq++;
+    int64_t *copy = ch->energies + (seq & 1) * ch->R;
+    memcpy(copy + c->displs[ch->rank], energy, (size_t)c->n_local * sizeof *energy);
+    atomic_store_explicit(&ch->round[LINE * ch->rank], seq, memory_order_release);
+    for (int p = 0; p < ch->size; p++)
         for (long spins = 0;
-             atomic_load_explicit(&c->round[LINE * p], memory_order_acquire) < seq; spins++)
+             atomic_load_explicit(&ch->round[LINE * p], memory_order_acquire) < seq; spins++)
             if (spins > 4096)
                 sched_yield();  /* more ranks than cores: let the others run */
-    memcpy(energy_all, copy, (size_t)c->R * sizeof *energy_all);
+    memcpy(energy_all, copy, (size_t)ch->R * sizeof *energy_all);
     return ISING_OK;
 }
 
@@ -148,17 +180,13 @@ int ising_pt_segment_mpi(int comm_f, const int *counts, const int *displs, int8_
                          double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
                          int64_t capacity, int64_t *n_out, int n_threads)
 {
-    share_ctx ctx = {.comm = MPI_Comm_f2c(comm_f), .counts = counts, .displs = displs,
-                     .n_local = (int)R_local, .R = R};
-    MPI_Comm_rank(ctx.comm, &ctx.rank);
-    MPI_Comm_size(ctx.comm, &ctx.size);
-    open_shared(&ctx);
+    share_ctx ctx = {MPI_Comm_f2c(comm_f), counts, displs, (int)R_local};
+    open_channel(ctx.comm, R);
     const int rc = ising_pt_segment_ranks(
         spins, R_local, id0, R, L, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys,
         counters, slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
         exchange_every, sample_every, thermalize, energy, magnet, flipped, energy_all,
         share_energies, &ctx, out_spins, out_energy, out_magnet, out_slot, out_sweep, capacity,
         n_out, n_threads);
-    close_shared(&ctx);
     return rc;
 }
