@@ -581,6 +581,18 @@ static void advance_one(const batch *b, int64_t r, workspace *w, int sweep_nt)
     b->flipped[r] += nf;
 }
 
+/* Replicas 0 … R-1 of b over rnt threads (ws: one workspace each), each replica's sweeps
+ * serial. */
+static void advance_over_threads(const batch *b, int64_t R, workspace *ws, int rnt)
+{
+    int64_t r;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(rnt) schedule(dynamic, 1)
+#endif
+    for (r = 0; r < R; r++)
+        advance_one(b, r, &ws[thread_id()], 1);
+}
+
 int ising_advance_replicas(int8_t *spins, int64_t R, int64_t L, const uint64_t *thr,
                            const uint64_t *padd, const uint64_t *keys, const uint64_t *wkeys,
                            uint64_t *counters, int64_t sweep0, int64_t n_sweeps,
@@ -624,14 +636,8 @@ int ising_advance_replicas(int8_t *spins, int64_t R, int64_t L, const uint64_t *
         return ISING_ENOMEM;
     for (int k = 0; rc == ISING_OK && k < rnt; k++)
         rc = alloc_workspace(&ws[k], L, 1, wolff);
-    if (rc == ISING_OK) {
-        int64_t r;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(rnt) schedule(dynamic, 1)
-#endif
-        for (r = 0; r < R; r++)
-            advance_one(&b, r, &ws[thread_id()], 1);
-    }
+    if (rc == ISING_OK)
+        advance_over_threads(&b, R, ws, rnt);
     for (int k = 0; k < rnt; k++)
         free_workspace(&ws[k]);
     free(ws);
@@ -762,12 +768,7 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
             for (int64_t r = 0; r < R_local; r++)
                 advance_one(&b, r, &ws[0], 1);
         } else {
-            int64_t r;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(rnt) schedule(dynamic, 1)
-#endif
-            for (r = 0; r < R_local; r++)
-                advance_one(&b, r, &ws[thread_id()], 1);
+            advance_over_threads(&b, R_local, ws, rnt);
         }
         s = nxt;
         if (s == sweep1)
