@@ -26,13 +26,14 @@ def numpy_checkerboard(spins, beta, rng, n_sweeps):
     L = spins.shape[0]
     ii, jj = np.indices((L, L))
     masks = [(ii + jj) % 2 == c for c in (0, 1)]
-    table = {4: np.exp(-4 * beta), 8: np.exp(-8 * beta)}
+    # acceptance as in kernels.metropolis_thresholds (ΔE = 0: max(1/2, e^-4β))
+    table = {0: max(0.5, np.exp(-4 * beta)), 4: np.exp(-4 * beta), 8: np.exp(-8 * beta)}
     for _ in range(n_sweeps):
         for mask in masks:
             h = (np.roll(spins, 1, 0) + np.roll(spins, -1, 0) + np.roll(spins, 1, 1)
                  + np.roll(spins, -1, 1))
             de = 2 * spins * h
-            p = np.where(de == 4, table[4], np.where(de == 8, table[8], 1.0))
+            p = np.select([de == 0, de == 4, de == 8], [table[0], table[4], table[8]], 1.0)
             flip = mask & (rng.random((L, L)) < p)
             spins[flip] *= -1
 

@@ -1,6 +1,7 @@
-"""Native (C/OpenMP) vs numba Metropolis throughput, printed as ratios from one run.
+"""Native (C/OpenMP) vs numba Metropolis and Wolff throughput, printed as ratios from one run.
 
     python -m benchmarks.native [--sizes 64 256 1024] [--threads 1 2] [--seconds 0.5]
+                                [--wolff-sizes 16 32 64]
 
 Three workloads per lattice size L and thread count:
   sweep    one lattice, one checkerboard sweep per call, rows split over threads
@@ -8,8 +9,7 @@ Three workloads per lattice size L and thread count:
   batched  R = 2·threads replicas, 10 sweeps per call, replicas split over threads
            (kernels.advance_replicas vs native.advance_replicas; what the PT engine calls)
   wolff    the same with Wolff clusters only (about N flipped spins per step at Tc);
-           only for L <= --wolff-max-L (default 256: near Tc a Wolff step costs ~40 ns
-           per flipped spin in both backends, so L = 1024 takes minutes)
+           only for L <= --wolff-max-L (default 256: L = 1024 takes minutes)
 Throughput is in spin-flip attempts per nanosecond (N·sweeps / wall time), for wolff in
 flipped spins per nanosecond, from the fastest call; the backends take turns in five rounds
 so that load from other processes hits both alike: the ratio native/numba is the figure
@@ -18,6 +18,10 @@ whose cores are busy with other work are noisy for both backends; there, run wit
 OMP_WAIT_POLICY=PASSIVE (numba's threading layer is OpenMP too, so it affects both alike).
 The native library gives each sweep thread at least 4096 sites
 (ising_set_min_sites_per_thread), so "2 threads" at L = 64 means one thread there.
+
+Last, the cost of a Wolff cluster update at Tc on one thread for --wolff-sizes: nanoseconds
+per flipped spin, numba and native, from calls of about 2^16 flipped spins (so the Python
+call overhead does not count), and their ratio; the native kernel's target is <= 15 ns.
 """
 
 import argparse
@@ -92,8 +96,9 @@ def batched_workload(backend, L, threads, n_sweeps=10):
 
 
 def wolff_workload(backend, L, threads, steps=2):
-    """Wolff-only steps at Tc on R = 2·threads thermalized replicas; returns (fn, None):
-    the rate is measured from the flipped-spin counter instead of a fixed site count."""
+    """Wolff-only steps at Tc on R = 2·threads thermalized replicas, `steps` steps per call;
+    returns (fn, None): the rate is measured from the flipped-spin counter instead of a
+    fixed site count."""
     from ising_dist.engine import Chains, clusters_per_sweep
 
     R = 2 * threads
@@ -121,6 +126,8 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--wolff-max-L", type=int, default=256)
+    p.add_argument("--wolff-sizes", type=int, nargs="+", default=[16, 32, 64],
+                   help="sizes of the Wolff ns-per-flipped-spin figure (one thread)")
     p.add_argument("--seconds", type=float, default=0.5,
                    help="timing per backend per figure (default 0.5)")
     args = p.parse_args(argv)
@@ -159,7 +166,31 @@ def main(argv=None):
             continue
         print(f"{workload:8} native/numba: geometric mean {np.exp(np.log(r).mean()):.2f}x, "
               f"range {r.min():.2f}x to {r.max():.2f}x over {len(r)} figures")
+    ratios.update(wolff_cost(args.wolff_sizes, args.seconds))
     return ratios
+
+
+WOLFF_TARGET_NS = 15.0  # native, per flipped spin, one core, near Tc
+
+
+def wolff_cost(sizes, seconds):
+    """Print and return {("wolff_ns", L, backend): ns per flipped spin} of Wolff clusters at
+    Tc on one thread (numba's threads set to 1), calls of about 2^16 flipped spins."""
+    numba.set_num_threads(1)
+    print(f"\nWolff at Tc, one thread: ns per flipped spin (target native <= "
+          f"{WOLFF_TARGET_NS:.0f} ns)")
+    print(f"{'L':>5} {'numba':>8} {'native':>8} {'numba/native':>13}")
+    out = {}
+    for L in sizes:
+        steps = max(2, 2**16 // (L * L))
+        fns = {b: wolff_workload(b, L, 1, steps)[0] for b in ("numba", "native")}
+        rate = compare(fns, None, seconds)
+        ns = {b: 1.0 / rate[b] for b in fns}
+        out.update({("wolff_ns", L, b): v for b, v in ns.items()})
+        print(f"{L:5d} {ns['numba']:8.1f} {ns['native']:8.1f} {ns['numba'] / ns['native']:12.2f}x"
+              f"{'' if ns['native'] <= WOLFF_TARGET_NS else '   above target'}", flush=True)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    return out
 
 
 if __name__ == "__main__":

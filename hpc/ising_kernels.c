@@ -5,13 +5,14 @@
  *  1. The random number of a site depends only on (key, sweep, i, j), not on the colour
  *     pass. So each row's L random numbers are hashed ONCE per sweep, in a tight loop over
  *     contiguous counters (8 SplitMix64 lanes per AVX-512 instruction, vpmullq), and reduced
- *     to one byte per site, q = 2·([r < thr4] + [r < thr8]) ∈ {0, 2, 4}. The numba kernel
- *     hashes every site in both colour passes (2N hashes per sweep) to stay branch-free.
- *  2. With sh = s·h (h = sum of the four neighbours), ΔE = 2·sh, and
- *     "flip iff sh <= 0, or sh == 2 and r < thr4, or sh == 4 and r < thr8" is exactly
- *     "flip iff sh <= q" (thr8 <= thr4). The colour update is then a byte-wide, branch-free
- *     loop over 64 sites per instruction, masked to the active colour; ΔE and ΔM come from
- *     vpsadbw and popcounts of the flip mask.
+ *     to one byte per site, q = 2·([r < thr0] + [r < thr4] + [r < thr8]) - 2 ∈ {-2, 0, 2, 4}.
+ *     The numba kernel hashes every site in both colour passes (2N hashes per sweep) to
+ *     stay branch-free.
+ *  2. With sh = s·h (h = sum of the four neighbours), ΔE = 2·sh, and "flip iff sh < 0, or
+ *     sh == 0 and r < thr0, or sh == 2 and r < thr4, or sh == 4 and r < thr8" is exactly
+ *     "flip iff sh <= q" (thr8 <= thr4 <= thr0). The colour update is then a byte-wide,
+ *     branch-free loop over 64 sites per instruction, masked to the active colour; ΔE and
+ *     ΔM come from vpsadbw and popcounts of the flip mask.
  *  3. The serial sweep (one replica per thread) runs the two colours as a wavefront, row
  *     i of colour 0 then row i-1 of colour 1, so each row is reused while it is in L1.
  *
@@ -35,7 +36,7 @@
 #define MIX1 UINT64_C(0xBF58476D1CE4E5B9)
 #define MIX2 UINT64_C(0x94D049BB133111EB)
 
-/* Largest L whose site indices fit the int32 Wolff work arrays (N < 2^31). */
+/* Largest L with N < 2^31: site indices fit 32 bits (the packed Wolff entries, int64 math). */
 #define ISING_MAX_L 46340
 
 /* Row-parallel sweeps give each thread at least this many sites (a parallel region and
@@ -103,7 +104,8 @@ static int bad_size(int64_t L) { return L < 2 || (L & 1) || L > ISING_MAX_L; }
 static size_t pad_bytes(int64_t L) { return (size_t)L + 2; }
 
 /* ------------------------------------------------------------------ row primitives
- * accept_row: q[j] = 2·([r < thr4] + [r < thr8]), r = top 32 bits of rand64(key, rowbase+j).
+ * accept_row: q[j] = 2·([r < thr0] + [r < thr4] + [r < thr8]) - 2, r = top 32 bits of
+ * rand64(key, rowbase+j); thr = (thr0, thr4, thr8), nested.
  * colour_row: Metropolis update of the sites of one colour of row i, given q of that row.
  * Two implementations with identical results: AVX-512 intrinsics (64 sites per step, masks
  * for the row tail, so any even L works) and portable C99 that compilers auto-vectorize. */
@@ -120,72 +122,93 @@ static inline __mmask64 tail_mask(int64_t n) /* lowest min(n, 64) bits */
 }
 
 /* The comparison r < thr on r = top 32 bits of w = x ^ (x >> 31), x the state after the
- * second multiply, without computing all of r:
- *  - exact form: r < thr <=> w < thr·2^32 (thr < 2^32; thr = 2^32 accepts every r and is
- *    handled by an all-ones mask), which saves the final shift;
- *  - when thr <= 2^31 (β > ln2/4, i.e. T < 5.77, for thr4 >= thr8): r < thr <=> x < thr·2^32.
- *    Proof: r = (x >> 32) ^ (x >> 63). If x < 2^63, r = x >> 32 and the equivalence is the
- *    exact form. If x >= 2^63, both sides are false: x >= 2^63 >= thr·2^32, and
- *    r = (x >> 32) ^ 1 >= 2^31 >= thr. This saves the last xor-shift as well. */
-static inline __m512i scaled_threshold(uint64_t thr, __mmask8 *always)
+ * second multiply. Two vectors of 8 hashes, of the even and of the odd sites of 16, are
+ * merged into one vector of their 16 top halves in site order (one masked vpshufd), so each
+ * threshold costs one comparison per 16 sites:
+ *  - exact form: r = hi32(w), compared with thr < 2^32 (thr = 2^32 accepts every r and is
+ *    handled by an all-ones mask);
+ *  - when every threshold is even (kernels.metropolis_thresholds makes them even):
+ *    r < thr <=> hi32(x) < thr, which saves the last xor-shift.
+ *    Proof: r = hi32(w) = hi32(x) ^ (x >> 63) differs from a = hi32(x) at most in bit 0,
+ *    so r >> 1 == a >> 1; and for even thr, a < thr <=> (a >> 1) < thr / 2. */
+static inline __m512i threshold32(uint64_t thr, uint64_t *always)
 {
-    *always = thr >> 32 ? (__mmask8)0xFF : (__mmask8)0;
-    return _mm512_set1_epi64((long long)(thr << 32));
+    *always = thr >> 32 ? ~UINT64_C(0) : 0;
+    return _mm512_set1_epi32((int)(uint32_t)thr);
 }
 
 static inline void accept_row_impl(int8_t *restrict q, int64_t L, uint64_t key,
-                                   uint64_t rowbase, uint64_t thr4, uint64_t thr8,
-                                   const int low_threshold)
+                                   uint64_t rowbase, const uint64_t thr[3],
+                                   const int even_thresholds)
 {
-    const __m512i step = _mm512_set1_epi64((long long)(8u * GAMMA));
+    __m512i step = _mm512_set1_epi64((long long)(16u * GAMMA));
+    __m512i gamma = _mm512_set1_epi64((long long)GAMMA);
+    /* opaque to the optimiser: gcc otherwise rewrites the running sum z += step into
+     * z0 + k·step with a constant broadcast from a general register for every k */
+    __asm__("" : "+v"(step), "+v"(gamma));
     const __m512i m1 = _mm512_set1_epi64((long long)MIX1);
     const __m512i m2 = _mm512_set1_epi64((long long)MIX2);
-    __mmask8 all4, all8;
-    const __m512i t4 = scaled_threshold(thr4, &all4);
-    const __m512i t8 = scaled_threshold(thr8, &all8);
+    uint64_t all0, all4, all8;
+    const __m512i t0 = threshold32(thr[0], &all0);
+    const __m512i t4 = threshold32(thr[1], &all4);
+    const __m512i t8 = threshold32(thr[2], &all8);
     const __m512i two = _mm512_set1_epi8(2);
+    const __m512i minus_two = _mm512_set1_epi8(-2);
     const uint64_t z0 = key + (rowbase + 1u) * GAMMA;
-    /* lane l of z holds key + (rowbase + j + l + 1)·γ */
-    __m512i z = _mm512_set_epi64((long long)(z0 + 7u * GAMMA), (long long)(z0 + 6u * GAMMA),
-                                 (long long)(z0 + 5u * GAMMA), (long long)(z0 + 4u * GAMMA),
-                                 (long long)(z0 + 3u * GAMMA), (long long)(z0 + 2u * GAMMA),
-                                 (long long)(z0 + GAMMA), (long long)z0);
-#define ISING_HASH8(K)                                                                   \
+    /* lane l of z holds key + (rowbase + j + 2l + 1)·γ: the even sites j + 2l of 16 */
+    __m512i z = _mm512_set_epi64((long long)(z0 + 14u * GAMMA), (long long)(z0 + 12u * GAMMA),
+                                 (long long)(z0 + 10u * GAMMA), (long long)(z0 + 8u * GAMMA),
+                                 (long long)(z0 + 6u * GAMMA), (long long)(z0 + 4u * GAMMA),
+                                 (long long)(z0 + 2u * GAMMA), (long long)z0);
+#define ISING_HASH8(x, z)                                                                \
     do {                                                                                 \
-        __m512i x = _mm512_xor_si512(z, _mm512_srli_epi64(z, 30));                       \
+        x = _mm512_xor_si512(z, _mm512_srli_epi64(z, 30));                               \
         x = _mm512_mullo_epi64(x, m1);                                                   \
         x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 27));                               \
         x = _mm512_mullo_epi64(x, m2);                                                   \
-        if (!low_threshold)                                                              \
+        if (!even_thresholds)                                                            \
             x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 31));                           \
-        a4 |= (uint64_t)(_mm512_cmplt_epu64_mask(x, t4) | all4) << (8 * (K));            \
-        a8 |= (uint64_t)(_mm512_cmplt_epu64_mask(x, t8) | all8) << (8 * (K));            \
+    } while (0)
+#define ISING_ACCEPT16(K)                                                                \
+    do {                                                                                 \
+        __m512i xa, xb;                                                                  \
+        const __m512i zb = _mm512_add_epi64(z, gamma);                                   \
+        ISING_HASH8(xa, z);                                                              \
+        ISING_HASH8(xb, zb);                                                             \
         z = _mm512_add_epi64(z, step);                                                   \
+        /* dword 2l: top half of xa's qword l (site 2l); 2l+1: of xb's (site 2l+1) */     \
+        const __m512i r = _mm512_mask_shuffle_epi32(xb, 0x5555, xa, _MM_PERM_DDBB);      \
+        a0 |= (uint64_t)_mm512_cmplt_epu32_mask(r, t0) << (16 * (K));                    \
+        a4 |= (uint64_t)_mm512_cmplt_epu32_mask(r, t4) << (16 * (K));                    \
+        a8 |= (uint64_t)_mm512_cmplt_epu32_mask(r, t8) << (16 * (K));                    \
     } while (0)
     for (int64_t j0 = 0; j0 < L; j0 += 64) {
-        uint64_t a4 = 0, a8 = 0;
+        uint64_t a0 = all0, a4 = all4, a8 = all8;
         if (L - j0 >= 64) { /* full chunk: fixed trip count, fully unrolled */
-            for (int k = 0; k < 8; k++)
-                ISING_HASH8(k);
+            for (int k = 0; k < 4; k++)
+                ISING_ACCEPT16(k);
         } else {
-            const int nk = (int)((L - j0 + 7) / 8);
+            const int nk = (int)((L - j0 + 15) / 16);
             for (int k = 0; k < nk; k++)
-                ISING_HASH8(k);
+                ISING_ACCEPT16(k);
         }
+#undef ISING_ACCEPT16
 #undef ISING_HASH8
-        const __m512i v = _mm512_add_epi8(_mm512_maskz_mov_epi8(a4, two),
-                                          _mm512_maskz_mov_epi8(a8, two));
+        /* -2 + 2·a0 + 2·a4 + 2·a8 */
+        __m512i v = _mm512_mask_add_epi8(minus_two, a0, minus_two, two);
+        v = _mm512_add_epi8(v, _mm512_add_epi8(_mm512_maskz_mov_epi8(a4, two),
+                                               _mm512_maskz_mov_epi8(a8, two)));
         _mm512_mask_storeu_epi8(q + j0, tail_mask(L - j0), v);
     }
 }
 
-static void accept_row(int8_t *restrict q, int64_t L, uint64_t key, uint64_t rowbase,
-                       uint64_t thr4, uint64_t thr8)
+static inline void accept_row(int8_t *restrict q, int64_t L, uint64_t key,
+                              uint64_t rowbase, const uint64_t thr[3])
 {
-    if (thr4 <= (UINT64_C(1) << 31))
-        accept_row_impl(q, L, key, rowbase, thr4, thr8, 1);
+    if (((thr[0] | thr[1] | thr[2]) & 1) == 0)
+        accept_row_impl(q, L, key, rowbase, thr, 1);
     else
-        accept_row_impl(q, L, key, rowbase, thr4, thr8, 0);
+        accept_row_impl(q, L, key, rowbase, thr, 0);
 }
 
 /* Running Σ_f sh and Σ_f s over flipped sites f, reduced once per sweep, not per row. */
@@ -293,9 +316,10 @@ static inline void colour_row(int8_t *spins, int64_t L, int64_t i, int colour,
 
 int ising_simd_width(void) { return 0; }
 
-static void accept_row(int8_t *restrict q, int64_t L, uint64_t key, uint64_t rowbase,
-                       uint64_t thr4, uint64_t thr8)
+static inline void accept_row(int8_t *restrict q, int64_t L, uint64_t key,
+                              uint64_t rowbase, const uint64_t thr[3])
 {
+    const uint64_t thr0 = thr[0], thr4 = thr[1], thr8 = thr[2];
     uint64_t zj = key + (rowbase + 1u) * GAMMA;
     for (int64_t j = 0; j < L; j++) {
         uint64_t z = zj;
@@ -303,7 +327,7 @@ static void accept_row(int8_t *restrict q, int64_t L, uint64_t key, uint64_t row
         z = (z ^ (z >> 30)) * MIX1;
         z = (z ^ (z >> 27)) * MIX2;
         const uint64_t r = (z ^ (z >> 31)) >> 32;
-        q[j] = (int8_t)(((r < thr4) + (r < thr8)) << 1);
+        q[j] = (int8_t)((((r < thr0) + (r < thr4) + (r < thr8)) << 1) - 2);
     }
 }
 
@@ -359,11 +383,11 @@ static inline void colour_row(int8_t *spins, int64_t L, int64_t i, int colour,
  * i = 2..L-1, c1(L-1), c1(0). c1(i) runs after c0 of both its neighbour rows and before
  * any later c0 reads row i, so the result equals the two-pass sweep exactly.
  * q: int8 [L*L] work array; pad: pad_bytes(L) work bytes. */
-static void sweep_serial(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8,
+static void sweep_serial(int8_t *spins, int64_t L, const uint64_t thr[3],
                          uint64_t key, uint64_t base, int8_t *q, int8_t *pad, tally *tl)
 {
     for (int64_t i = 0; i < L; i++) {
-        accept_row(q + i * L, L, key, base + (uint64_t)(i * L), thr4, thr8);
+        accept_row(q + i * L, L, key, base + (uint64_t)(i * L), thr);
         colour_row(spins, L, i, 0, q, pad, tl);
         if (i >= 2)
             colour_row(spins, L, i - 1, 1, q, pad, tl);
@@ -375,7 +399,7 @@ static void sweep_serial(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8,
 /* One sweep, rows over the threads of the enclosing team (call inside a parallel region
  * by all its threads). Pass 1: hash row i and update its colour-0 sites (they depend only
  * on colour-1 sites, which nobody writes in this pass); barrier; pass 2: colour 1. */
-static void sweep_team(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8, uint64_t key,
+static void sweep_team(int8_t *spins, int64_t L, const uint64_t thr[3], uint64_t key,
                        uint64_t base, int8_t *q, int8_t *pad, tally *tl)
 {
     int64_t i;
@@ -383,7 +407,7 @@ static void sweep_team(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8, u
 #pragma omp for schedule(static)
 #endif
     for (i = 0; i < L; i++) {
-        accept_row(q + i * L, L, key, base + (uint64_t)(i * L), thr4, thr8);
+        accept_row(q + i * L, L, key, base + (uint64_t)(i * L), thr);
         colour_row(spins, L, i, 0, q, pad, tl);
     }
 #ifdef _OPENMP
@@ -395,14 +419,14 @@ static void sweep_team(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8, u
 
 /* One sweep on nt threads (serial wavefront when nt == 1); pads: nt·pad_bytes(L) bytes.
  * Adds ΔE, ΔM to *de, *dm. */
-static void sweep(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8, uint64_t key,
+static void sweep(int8_t *spins, int64_t L, const uint64_t thr[3], uint64_t key,
                   uint64_t base, int8_t *q, int8_t *pads, int nt, int64_t *de, int64_t *dm)
 {
     int64_t esum = 0, msum = 0;
     if (nt <= 1) {
         tally tl;
         tally_init(&tl);
-        sweep_serial(spins, L, thr4, thr8, key, base, q, pads, &tl);
+        sweep_serial(spins, L, thr, key, base, q, pads, &tl);
         tally_finish(&tl, &esum, &msum);
     } else {
 #ifdef _OPENMP
@@ -411,7 +435,7 @@ static void sweep(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8, uint64
         {
             tally tl;
             tally_init(&tl);
-            sweep_team(spins, L, thr4, thr8, key, base, q,
+            sweep_team(spins, L, thr, key, base, q,
                        pads + (size_t)thread_id() * pad_bytes(L), &tl);
             tally_finish(&tl, &esum, &msum);
         }
@@ -420,13 +444,17 @@ static void sweep(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8, uint64
     *dm -= 2 * msum;
 }
 
-int ising_metropolis_sweep(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8,
-                           uint64_t key, int64_t sweep_index, int8_t *scratch, int n_threads,
-                           int64_t *de, int64_t *dm)
+/* thr = (thr0, thr4, thr8) must be nested: the one-comparison rule sh <= q needs it. */
+static int bad_thresholds(const uint64_t thr[3]) { return thr[2] > thr[1] || thr[1] > thr[0]; }
+
+int ising_metropolis_sweep(int8_t *spins, int64_t L, uint64_t thr0, uint64_t thr4,
+                           uint64_t thr8, uint64_t key, int64_t sweep_index, int8_t *scratch,
+                           int n_threads, int64_t *de, int64_t *dm)
 {
+    const uint64_t thr[3] = {thr0, thr4, thr8};
     if (bad_size(L))
         return ISING_EBADSIZE;
-    if (sweep_index < 0 || thr8 > thr4)
+    if (sweep_index < 0 || bad_thresholds(thr))
         return ISING_EBADARG;
     const int nt = sweep_threads(resolve_threads(n_threads), L);
     int8_t *pads = malloc((size_t)nt * pad_bytes(L));
@@ -435,75 +463,143 @@ int ising_metropolis_sweep(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr
     *de = 0;
     *dm = 0;
     const uint64_t base = (uint64_t)sweep_index * (uint64_t)(L * L);
-    sweep(spins, L, thr4, thr8, key, base, scratch, pads, nt, de, dm);
+    sweep(spins, L, thr, key, base, scratch, pads, nt, de, dm);
     free(pads);
     return ISING_OK;
 }
 
-/* ------------------------------------------------------------------------------ Wolff */
+/* ------------------------------------------------------------------------------ Wolff
+ * The same clusters, grown in the same order with the same random numbers as
+ * kernels._wolff_cluster, at a fraction of the cost per flipped spin, in one pass:
+ *  - a site joins when the next number of the stream is below padd: those bits are
+ *    computed ahead, 64 consecutive counters at a time (SIMD), so a join costs a shift of
+ *    a bit window instead of a hash on the critical path of the depth-first growth;
+ *  - the lattice itself tells where a site stands: s0 (aligned with the seed, not in the
+ *    cluster: the only candidates, one comparison), 0 (joined, on the stack), -s0 (popped
+ *    and already flipped, or an anti-aligned outsider); no mark array;
+ *  - ΔE without a second pass: at each pop, X counts the neighbours showing -s0. That is
+ *    every anti-aligned boundary bond (A) and, from its later-popped end, every bond inside
+ *    the cluster once (I); aligned outsiders are never counted. With n sites, 4n = 2I + B
+ *    bond ends, B boundary ones, and ΔE = 2·Σ_boundary s0·s = 2(B - 2A) = 8n - 4X;
+ *  - stack entries hold the site and its column, (site << 32) | column, so the periodic
+ *    neighbours need comparisons, no division. */
 
-/* The four neighbours of a site in the order of kernels._neighbour: up, down, left, right
- * (one division per site instead of one per neighbour: the division dominated). */
-static inline void neighbours(int32_t site, int32_t L, int32_t nb[4])
+#define WOLFF_WINDOW 64
+
+/* Bit k: (rand64(key, c0 + k) >> 32) < padd, for k = 0 … 63. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+    !defined(ISING_PORTABLE)
+static uint64_t join_bits(uint64_t key, uint64_t c0, uint64_t padd)
 {
-    const int32_t i = site / L;
-    const int32_t j = site - i * L;
-    const int32_t row = i * L;
-    nb[0] = (i > 0 ? row - L : row + (L - 1) * L) + j;
-    nb[1] = (i + 1 < L ? row + L : 0) + j;
-    nb[2] = row + (j > 0 ? j - 1 : L - 1);
-    nb[3] = row + (j + 1 < L ? j + 1 : 0);
+    if (padd >> 32)
+        return ~UINT64_C(0);
+    __m512i step = _mm512_set1_epi64((long long)(16u * GAMMA));
+    __m512i gamma = _mm512_set1_epi64((long long)GAMMA);
+    __asm__("" : "+v"(step), "+v"(gamma)); /* see accept_row_impl */
+    const __m512i m1 = _mm512_set1_epi64((long long)MIX1);
+    const __m512i m2 = _mm512_set1_epi64((long long)MIX2);
+    const __m512i t = _mm512_set1_epi32((int)(uint32_t)padd);
+    const uint64_t z0 = key + (c0 + 1u) * GAMMA;
+    /* lane l: counter c0 + 2l (even counters of 16; the odd ones are z + γ) */
+    __m512i z = _mm512_set_epi64((long long)(z0 + 14u * GAMMA), (long long)(z0 + 12u * GAMMA),
+                                 (long long)(z0 + 10u * GAMMA), (long long)(z0 + 8u * GAMMA),
+                                 (long long)(z0 + 6u * GAMMA), (long long)(z0 + 4u * GAMMA),
+                                 (long long)(z0 + 2u * GAMMA), (long long)z0);
+    uint64_t bits = 0;
+    for (int k = 0; k < 4; k++) {
+        __m512i x[2] = {z, _mm512_add_epi64(z, gamma)};
+        for (int h = 0; h < 2; h++) {
+            x[h] = _mm512_xor_si512(x[h], _mm512_srli_epi64(x[h], 30));
+            x[h] = _mm512_mullo_epi64(x[h], m1);
+            x[h] = _mm512_xor_si512(x[h], _mm512_srli_epi64(x[h], 27));
+            x[h] = _mm512_mullo_epi64(x[h], m2);
+            x[h] = _mm512_xor_si512(x[h], _mm512_srli_epi64(x[h], 31));
+        }
+        /* top halves in counter order (as in accept_row_impl) */
+        const __m512i r = _mm512_mask_shuffle_epi32(x[1], 0x5555, x[0], _MM_PERM_DDBB);
+        bits |= (uint64_t)_mm512_cmplt_epu32_mask(r, t) << (16 * k);
+        z = _mm512_add_epi64(z, step);
+    }
+    return bits;
+}
+#else
+static uint64_t join_bits(uint64_t key, uint64_t c0, uint64_t padd)
+{
+    uint64_t bits = 0;
+    for (int k = 0; k < WOLFF_WINDOW; k++)
+        bits |= (uint64_t)((rand64(key, c0 + (uint64_t)k) >> 32) < padd) << k;
+    return bits;
+}
+#endif
+
+/* The join bits of counters base … base + 63, refreshed as the stream advances. */
+typedef struct {
+    uint64_t bits, base, key, padd;
+} join_window;
+
+static inline void window_cover(join_window *w, uint64_t c, int ahead)
+{
+    if (c - w->base > (uint64_t)(WOLFF_WINDOW - ahead)) {
+        w->base = c;
+        w->bits = join_bits(w->key, c, w->padd);
+    }
+}
+
+static inline uint64_t pack_site(int64_t site, int64_t col)
+{
+    return ((uint64_t)site << 32) | (uint64_t)col;
+}
+
+/* The four neighbours of the site packed in v, in kernels._neighbours' order (up, down,
+ * left, right), as packed entries. */
+static inline void wolff_neighbours(uint64_t v, int64_t L, int64_t N, uint64_t nb[4])
+{
+    const int64_t x = (int64_t)(v >> 32), j = (int64_t)(uint32_t)v;
+    nb[0] = pack_site(x >= L ? x - L : x + N - L, j);
+    nb[1] = pack_site(x < N - L ? x + L : x - (N - L), j);
+    nb[2] = j > 0 ? pack_site(x - 1, j - 1) : pack_site(x + L - 1, L - 1);
+    nb[3] = j < L - 1 ? pack_site(x + 1, j + 1) : pack_site(x - (L - 1), 0);
 }
 
 /* Grow and flip one Wolff cluster, in the same order and with the same random numbers as
- * kernels._wolff_cluster. mark must be all 0 on entry; it is left all 0. Returns the size. */
-static int64_t wolff_cluster(int8_t *flat, int32_t L, uint64_t padd, uint64_t key,
-                             uint64_t *counter, int32_t *stack, int32_t *members,
-                             uint8_t *mark, int64_t *de, int64_t *dm)
+ * kernels._wolff_cluster (its definition is the reference). stack: N + 1 entries (one
+ * speculative write past the last). Returns the size. */
+static int64_t wolff_cluster(int8_t *flat, int64_t L, join_window *w, uint64_t *counter,
+                             uint64_t *stack, int64_t *de, int64_t *dm)
 {
-    const int64_t N = (int64_t)L * L;
+    const int64_t N = L * L;
     uint64_t c = *counter;
-    uint64_t r = rand64(key, c) >> 32;
+    const int64_t seed = (int64_t)(((rand64(w->key, c) >> 32) * (uint64_t)N) >> 32);
     c++;
-    const int32_t seed = (int32_t)((r * (uint64_t)N) >> 32);
     const int8_t s0 = flat[seed];
-    stack[0] = seed;
-    members[0] = seed;
-    mark[seed] = 1;
-    int64_t top = 1, n = 1;
-    int32_t nb[4];
+    stack[0] = pack_site(seed, seed % L);
+    flat[seed] = 0;
+    int64_t top = 1, n = 0, x = 0;
+    uint64_t nb[4];
     while (top > 0) {
-        neighbours(stack[--top], L, nb);
-        /* Branch-free form of "if the neighbour is unmarked and aligned, draw the next
-         * number of the stream and add it with probability padd": both tests are coin
-         * flips that a branch predictor cannot learn. The number is computed every time
-         * but the counter only advances when it is drawn, so the stream use is the same.
-         * stack and members have N + 1 entries for the speculative write at index N. */
+        window_cover(w, c, 4);
+        const uint64_t v = stack[--top];
+        flat[v >> 32] = (int8_t)-s0;
+        n++;
+        wolff_neighbours(v, L, N, nb);
+        /* Branch-free "if the neighbour is not in the cluster and aligned, draw the next
+         * number and join with probability padd": both tests are coin flips that a
+         * branch predictor cannot learn. Neighbours that coincide (L = 2) are seen in turn,
+         * the second after the first joined, as in the reference. */
         for (int k = 0; k < 4; k++) {
-            const int32_t x = nb[k];
-            const unsigned draw = (unsigned)(!mark[x] & (flat[x] == s0));
-            const unsigned add = draw & (unsigned)((rand64(key, c) >> 32) < padd);
+            int8_t *site = flat + (nb[k] >> 32);
+            const int8_t value = *site;
+            const unsigned draw = (unsigned)(value == s0);
+            const unsigned join = draw & (unsigned)(w->bits >> (c - w->base));
+            x += value == -s0;
             c += draw;
-            mark[x] |= (uint8_t)add;
-            stack[top] = x;
-            members[n] = x;
-            top += add;
-            n += add;
+            *site = (int8_t)(value & (int8_t)(join - 1u)); /* 0 when it joins */
+            stack[top] = nb[k];
+            top += join;
         }
     }
-    int64_t e = 0;
-    for (int64_t a = 0; a < n; a++)
-        flat[members[a]] = (int8_t)-s0;
-    for (int64_t a = 0; a < n; a++) {
-        neighbours(members[a], L, nb);
-        for (int k = 0; k < 4; k++)
-            if (!mark[nb[k]])  /* bond to an outside spin: -s0·s_nb before, +s0·s_nb after */
-                e += flat[nb[k]];
-    }
-    for (int64_t a = 0; a < n; a++)
-        mark[members[a]] = 0;
     *counter = c;
-    *de += 2 * (int64_t)s0 * e;
+    *de += 8 * n - 4 * x;
     *dm += -2 * (int64_t)s0 * n;
     return n;
 }
@@ -511,11 +607,9 @@ static int64_t wolff_cluster(int8_t *flat, int32_t L, uint64_t padd, uint64_t ke
 /* ------------------------------------------------------------------- batched advance */
 
 typedef struct {
-    int8_t *q;        /* [N] accept bytes of the current sweep */
-    int8_t *pads;     /* [rows · pad_bytes(L)] padded row buffers, one per sweep thread */
-    int32_t *stack;   /* [N + 1] Wolff work arrays (NULL without Wolff) */
-    int32_t *members; /* [N + 1] */
-    uint8_t *mark;    /* [N], all zero between clusters */
+    int8_t *q;         /* [N] accept bytes of the current sweep */
+    int8_t *pads;      /* [rows · pad_bytes(L)] padded row buffers, one per sweep thread */
+    uint64_t *stack;   /* [N + 1] Wolff stack (NULL without Wolff) */
 } workspace;
 
 static void free_workspace(workspace *w)
@@ -523,8 +617,6 @@ static void free_workspace(workspace *w)
     free(w->q);
     free(w->pads);
     free(w->stack);
-    free(w->members);
-    free(w->mark);
     memset(w, 0, sizeof *w);
 }
 
@@ -534,12 +626,9 @@ static int alloc_workspace(workspace *w, int64_t L, int sweep_nt, int wolff)
     memset(w, 0, sizeof *w);
     w->q = malloc(N);
     w->pads = malloc((size_t)sweep_nt * pad_bytes(L));
-    if (wolff) {
-        w->stack = malloc((N + 1) * sizeof(int32_t));
-        w->members = malloc((N + 1) * sizeof(int32_t));
-        w->mark = calloc(N, 1);
-    }
-    if (!w->q || !w->pads || (wolff && (!w->stack || !w->members || !w->mark))) {
+    if (wolff)
+        w->stack = malloc((N + 1) * sizeof *w->stack);
+    if (!w->q || !w->pads || (wolff && !w->stack)) {
         free_workspace(w);
         return ISING_ENOMEM;
     }
@@ -549,7 +638,7 @@ static int alloc_workspace(workspace *w, int64_t L, int sweep_nt, int wolff)
 typedef struct {
     int8_t *spins;
     int64_t L;
-    const uint64_t *thr, *padd, *keys, *wkeys;
+    const uint64_t *thr, *padd, *keys, *wkeys;  /* thr [R, 3] */
     uint64_t *counters;
     int64_t sweep0, n_sweeps, n_metropolis;
     const int64_t *n_wolff;
@@ -562,18 +651,18 @@ static void advance_one(const batch *b, int64_t r, workspace *w, int sweep_nt)
 {
     const int64_t L = b->L, N = L * L;
     int8_t *lat = b->spins + r * N;
-    const uint64_t thr4 = b->thr[2 * r], thr8 = b->thr[2 * r + 1];
+    const uint64_t *thr = b->thr + 3 * r;
     int64_t de = 0, dm = 0, nf = 0;
     uint64_t c = b->counters[r];
+    join_window jw = {0, c - WOLFF_WINDOW, b->wkeys[r], b->padd[r]}; /* filled on first use */
     for (int64_t t = 0; t < b->n_sweeps; t++) {
         for (int64_t k = 0; k < b->n_metropolis; k++) {
             const uint64_t index = (uint64_t)((b->sweep0 + t) * b->n_metropolis + k);
-            sweep(lat, L, thr4, thr8, b->keys[r], index * (uint64_t)N, w->q, w->pads,
+            sweep(lat, L, thr, b->keys[r], index * (uint64_t)N, w->q, w->pads,
                   sweep_nt, &de, &dm);
         }
         for (int64_t k = 0; k < b->n_wolff[r]; k++)
-            nf += wolff_cluster(lat, (int32_t)L, b->padd[r], b->wkeys[r], &c, w->stack,
-                                w->members, w->mark, &de, &dm);
+            nf += wolff_cluster(lat, L, &jw, &c, w->stack, &de, &dm);
     }
     b->counters[r] = c;
     b->energy[r] += de;
@@ -605,7 +694,7 @@ int ising_advance_replicas(int8_t *spins, int64_t R, int64_t L, const uint64_t *
         return ISING_EBADARG;
     int wolff = 0;
     for (int64_t r = 0; r < R; r++) {
-        if (n_wolff[r] < 0 || thr[2 * r + 1] > thr[2 * r])
+        if (n_wolff[r] < 0 || bad_thresholds(thr + 3 * r))
             return ISING_EBADARG;
         wolff |= n_wolff[r] > 0;
     }
@@ -727,7 +816,7 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
         return ISING_EBADARG;
     int wolff = 0;
     for (int64_t k = 0; k < R; k++) {
-        if (nw_slot[k] < 0 || thr_slot[2 * k + 1] > thr_slot[2 * k] ||
+        if (nw_slot[k] < 0 || bad_thresholds(thr_slot + 3 * k) ||
             slot_of[k] < 0 || slot_of[k] >= R)
             return ISING_EBADARG;
         wolff |= nw_slot[k] > 0;
@@ -736,7 +825,7 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
     const int nt = resolve_threads(n_threads);
     const int rnt = R_local < nt ? (int)R_local : nt;
     /* per-replica parameters of the current slots, rebuilt after every exchange round */
-    uint64_t *thr = malloc((size_t)R_local * 2 * sizeof *thr);
+    uint64_t *thr = malloc((size_t)R_local * 3 * sizeof *thr);
     uint64_t *padd = malloc((size_t)R_local * sizeof *padd);
     int64_t *nw = malloc((size_t)R_local * sizeof *nw);
     int64_t *replica_at = malloc((size_t)R * sizeof *replica_at);  /* exchange work array */
@@ -754,8 +843,7 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
             nxt = sweep1;
         for (int64_t r = 0; r < R_local; r++) {
             const int64_t k = slot_of[id0 + r];
-            thr[2 * r] = thr_slot[2 * k];
-            thr[2 * r + 1] = thr_slot[2 * k + 1];
+            memcpy(thr + 3 * r, thr_slot + 3 * k, 3 * sizeof *thr);
             padd[r] = padd_slot[k];
             nw[r] = nw_slot[k];
         }

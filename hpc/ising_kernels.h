@@ -5,8 +5,10 @@
  * random-number use, same integer totals (E = -Σ right+down bonds, M = Σ s).
  *
  *   Metropolis: the random number of site (i, j) in sweep t is rand64(key, t·N + i·L + j);
- *               top 32 bits < thr[0] accepts ΔE = 4, < thr[1] accepts ΔE = 8. The kernels
- *               require thr[1] <= thr[0], which floor(exp(-βΔE)·2^32) satisfies for β > 0.
+ *               a move with ΔE < 0 is accepted; top 32 bits < thr[0], thr[1], thr[2]
+ *               accepts ΔE = 0, 4, 8. The kernels require thr[2] <= thr[1] <= thr[0], which
+ *               kernels.metropolis_thresholds satisfies (thr0 = floor(max(1/2, e^-4β)·2^32),
+ *               thr4, thr8 = floor(e^-βΔE·2^32); see there why ΔE = 0 is not always accepted).
  *   Wolff:      a sequential stream rand64(wkey, counter++), counter owned by the caller.
  *
  * All functions return 0 on success or a negative ISING_E* code; they never print or exit.
@@ -21,12 +23,12 @@
 extern "C" {
 #endif
 
-#define ISING_ABI_VERSION 3
+#define ISING_ABI_VERSION 4
 
 #define ISING_OK 0
 #define ISING_EBADSIZE (-1)   /* L odd or L < 2 */
 #define ISING_ENOMEM (-2)     /* work-array allocation failed */
-#define ISING_EBADARG (-3)    /* negative count or sweep index, or thr8 > thr4 */
+#define ISING_EBADARG (-3)    /* negative count or sweep index, or thresholds not nested */
 
 /* ABI version of this library (the Python loader refuses a mismatch). */
 int ising_abi_version(void);
@@ -44,14 +46,15 @@ int64_t ising_set_min_sites_per_thread(int64_t n);
 
 /* One checkerboard Metropolis sweep of one lattice, rows split over n_threads.
  * spins int8 [L*L] updated in place; scratch int8 [L*L] work array (its contents are
- * overwritten); sweep_index >= 0 selects the random numbers (counters sweep_index·N + i·L + j). thr4, thr8: thresholds on a 32-bit uniform for ΔE = 4 and 8.
- * *de, *dm receive the change of the energy and magnetization totals. */
-int ising_metropolis_sweep(int8_t *spins, int64_t L, uint64_t thr4, uint64_t thr8,
-                           uint64_t key, int64_t sweep_index, int8_t *scratch, int n_threads,
-                           int64_t *de, int64_t *dm);
+ * overwritten); sweep_index >= 0 selects the random numbers (counters
+ * sweep_index·N + i·L + j). thr0, thr4, thr8: thresholds on a 32-bit uniform for ΔE = 0, 4
+ * and 8. *de, *dm receive the change of the energy and magnetization totals. */
+int ising_metropolis_sweep(int8_t *spins, int64_t L, uint64_t thr0, uint64_t thr4,
+                           uint64_t thr8, uint64_t key, int64_t sweep_index, int8_t *scratch,
+                           int n_threads, int64_t *de, int64_t *dm);
 
 /* Advance R independent replicas, equivalent to kernels.advance_replicas:
- * spins int8 [R, L, L]; thr uint64 [R, 2]; padd uint64 [R]; keys, wkeys uint64 [R];
+ * spins int8 [R, L, L]; thr uint64 [R, 3]; padd uint64 [R]; keys, wkeys uint64 [R];
  * counters uint64 [R] (Wolff stream positions, updated); n_wolff int64 [R];
  * energy, magnet, flipped int64 [R] running totals (updated).
  * One step = n_metropolis sweeps with indices (sweep0 + t)·n_metropolis + k, then
@@ -78,7 +81,7 @@ int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const do
  * holds all R (R_local = R, id0 = 0, share = NULL): from sweep0 to sweep1, for every sweep
  * s with sweep0 < s < sweep1, an exchange round when s % exchange_every == 0, then a sample
  * into out_* when s > thermalize and (s - thermalize) % sample_every == 0. Per-slot
- * parameters thr_slot [R, 2], padd_slot [R], nw_slot [R], beta_slot [R]. Sample j, row r
+ * parameters thr_slot [R, 3], padd_slot [R], nw_slot [R], beta_slot [R]. Sample j, row r
  * (local replica r): out_spins uint8 [capacity, R_local, L·L/4] its lattice packed as
  * ising_pack_spins does, out_energy, out_magnet
  * double [capacity, R_local] per spin, out_slot int64 [capacity, R_local] its slot,

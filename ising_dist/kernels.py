@@ -16,7 +16,8 @@ stream is fully described by (key, counter) and results do not depend on threads
 * Wolff: a sequential stream ``rand(key, counter++)``; the caller stores the counter.
 
 The acceptance test compares the top 32 bits of the random number with a precomputed
-threshold ``floor(exp(-β ΔE) · 2^32)`` for ΔE ∈ {4, 8} (see :func:`metropolis_thresholds`).
+threshold ``2·floor(a(ΔE) · 2^31)`` for ΔE ∈ {0, 4, 8} (see :func:`metropolis_thresholds`);
+moves with ΔE < 0 are always accepted.
 """
 
 import numba
@@ -42,11 +43,30 @@ def rand64(key, counter):
     return z ^ (z >> _S31)
 
 
+# acceptance of a ΔE = 0 move (see metropolis_thresholds)
+ZERO_MOVE_ACCEPTANCE = 15 / 16
+
+
 def metropolis_thresholds(beta):
-    """uint64 [..., 2]: acceptance thresholds on a 32-bit uniform for ΔE = 4 and ΔE = 8
-    (beta scalar or array)."""
+    """uint64 [..., 3]: acceptance thresholds ``2·floor(a(ΔE) · 2^31)`` on a 32-bit uniform
+    (accept when below) for ΔE = 0, 4, 8 (beta = 1/T scalar or array, units of 1/J; nested,
+    thr0 ≥ thr4 ≥ thr8, and even; a move with ΔE < 0 is always accepted).
+
+    a(ΔE) = exp(-β ΔE) for ΔE > 0 (Metropolis et al., J. Chem. Phys. 21, 1087 (1953)), and
+    a(0) = max(15/16, exp(-4β)) instead of 1. A move with ΔE = 0 has a reverse move with
+    ΔE = 0, so any a(0) in (0, 1] keeps detailed balance; a(0) = 1 does not keep the
+    checkerboard sweep irreducible: zero-field states (every site with h = 0, e.g. the
+    stripes s_ij = (-1)^j at any even L) then flip as a whole, deterministically, sweep
+    after sweep, and no other state leads into them (4 of the 16 states at L = 2, 36 of the
+    2^16 at L = 4; tests/test_kernels.py enumerates this). Any a(0) < 1 makes it irreducible;
+    15/16 keeps it fast: measured τ_int (e, |m|) at Tc, L = 16, in sweeps: 5.8, 10.7 for
+    a(0) = 1; 6.3, 11.8 for 15/16; 11.7, 23.5 for 1/2; at L = 2 below 3 sweeps. The max keeps
+    a(0) ≥ a(4), so that one uniform decides all three (hpc/ising_kernels.c relies on the
+    nesting); even thresholds let it compare r without the hash's last xor-shift.
+    """
     p = np.exp(-np.multiply.outer(beta, np.array([4.0, 8.0])))
-    return np.floor(p * 2.0**32).astype(np.uint64)
+    p0 = np.maximum(ZERO_MOVE_ACCEPTANCE, p[..., :1])
+    return (2 * np.floor(np.concatenate([p0, p], axis=-1) * 2.0**31)).astype(np.uint64)
 
 
 def wolff_threshold(beta):
@@ -56,8 +76,11 @@ def wolff_threshold(beta):
 
 
 @njit(inline="always")
-def _update_row(spins, i, colour, thr4, thr8, key, base, out):
+def _update_row(spins, i, colour, thr0, thr4, thr8, key, base, out):
     """Metropolis update of the sites of one colour in row i. Returns (dE, dM) totals.
+
+    With sh = s·h (h the sum of the four neighbours, ΔE = 2·sh): flip when sh < 0, else
+    when the site's uniform r < thr0, thr4 or thr8 for sh = 0, 2 or 4.
 
     Branch-free over the whole row (the other colour is masked out) and written through
     the scratch row ``out`` (int8 [L]) so that LLVM can vectorise the hash; the random
@@ -77,7 +100,8 @@ def _update_row(spins, i, colour, thr4, thr8, key, base, out):
              + np.int32(row[j + 1 if j + 1 < L else 0]))
         sh = s * h
         r = rand64(key, rowbase + np.uint64(j)) >> _S32
-        flip = np.int32(((sh <= 0) | (r < (thr4 if sh == 2 else thr8))) & ((j & 1) == parity))
+        thr = thr0 if sh == 0 else (thr4 if sh == 2 else thr8)
+        flip = np.int32(((sh < 0) | (r < thr)) & ((j & 1) == parity))
         out[j] = np.int8(s - 2 * s * flip)
         de += 2 * sh * flip
         dm -= 2 * s * flip
@@ -86,14 +110,15 @@ def _update_row(spins, i, colour, thr4, thr8, key, base, out):
 
 
 @njit(inline="always")
-def _metropolis_serial(spins, thr4, thr8, key, sweep, out):
+def _metropolis_serial(spins, thr, key, sweep, out):
+    """One sweep on one thread; thr uint64 [3] (thr0, thr4, thr8)."""
     L = spins.shape[0]
     base = np.uint64(sweep) * np.uint64(L * L)
     de = 0
     dm = 0
     for colour in range(2):
         for i in range(L):
-            a, b = _update_row(spins, i, colour, thr4, thr8, key, base, out)
+            a, b = _update_row(spins, i, colour, thr[0], thr[1], thr[2], key, base, out)
             de += a
             dm += b
     return de, dm
@@ -109,20 +134,21 @@ def metropolis_sweep(spins, thr, key, sweep, scratch):
     """One checkerboard Metropolis sweep of one lattice, rows split over numba threads
     (lattices of PARALLEL_MIN_SITES sites and more; smaller ones run on one thread).
 
-    spins: int8 [L, L] updated in place; thr: uint64 [2] from metropolis_thresholds;
+    spins: int8 [L, L] updated in place; thr: uint64 [3] from metropolis_thresholds;
     key: uint64 stream key; sweep: int, the sweep index that selects the random numbers;
     scratch: int8 [L, L] work array. Returns (dE, dM) as int64 totals. The result does not
     depend on the number of threads.
     """
     L = spins.shape[0]
     if L * L < PARALLEL_MIN_SITES:
-        return _metropolis_serial(spins, thr[0], thr[1], key, sweep, scratch[0])
+        return _metropolis_serial(spins, thr, key, sweep, scratch[0])
     base = np.uint64(sweep) * np.uint64(L * L)
     de = 0
     dm = 0
     for colour in range(2):
         for i in prange(L):
-            a, b = _update_row(spins, i, colour, thr[0], thr[1], key, base, scratch[i])
+            a, b = _update_row(spins, i, colour, thr[0], thr[1], thr[2], key, base,
+                               scratch[i])
             de += a
             dm += b
     return de, dm
@@ -183,15 +209,16 @@ def _wolff_cluster(spins, padd, key, counter, stack, members, mark):
 
 
 @njit(inline="always")
-def _advance_one(lat, thr4, thr8, padd, key, wkey, c, step0, n_steps, n_metropolis, n_wolff,
+def _advance_one(lat, thr, padd, key, wkey, c, step0, n_steps, n_metropolis, n_wolff,
                  stack, members, mark, out):
-    """Steps step0 … step0+n_steps-1 of one replica. Returns (dE, dM, flipped, counter)."""
+    """Steps step0 … step0+n_steps-1 of one replica (thr uint64 [3]). Returns
+    (dE, dM, flipped, counter)."""
     de = 0
     dm = 0
     nf = 0
     for t in range(n_steps):
         for k in range(n_metropolis):
-            a, b = _metropolis_serial(lat, thr4, thr8, key, (step0 + t) * n_metropolis + k, out)
+            a, b = _metropolis_serial(lat, thr, key, (step0 + t) * n_metropolis + k, out)
             de += a
             dm += b
         for _ in range(n_wolff):
@@ -207,7 +234,7 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
                      n_metropolis, n_wolff, energy, magnet, flipped):
     """Advance R independent replicas by n_sweeps steps, replicas split over threads.
 
-    spins int8 [R, L, L]; thr uint64 [R, 2]; padd uint64 [R]; keys, wkeys uint64 [R]
+    spins int8 [R, L, L]; thr uint64 [R, 3]; padd uint64 [R]; keys, wkeys uint64 [R]
     (Metropolis / Wolff stream keys); counters uint64 [R] Wolff stream positions (updated);
     n_wolff int64 [R] clusters per step; energy, magnet int64 [R] running totals (updated);
     flipped int64 [R] running count of spins flipped by Wolff clusters (updated).
@@ -224,7 +251,7 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
         members = np.empty(W, np.int64)
         mark = np.zeros(W, np.bool_)
         out = np.empty(spins.shape[2], np.int8)
-        de, dm, nf, c = _advance_one(spins[r], thr[r, 0], thr[r, 1], padd[r], keys[r],
+        de, dm, nf, c = _advance_one(spins[r], thr[r], padd[r], keys[r],
                                      wkeys[r], counters[r], sweep0, n_sweeps, n_metropolis,
                                      n_wolff[r], stack, members, mark, out)
         counters[r] = c
@@ -339,7 +366,7 @@ def _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, sl
     """Replica r for n_steps steps at the parameters of its current slot (work arrays: its
     rows of the segment's)."""
     k = slot_of[r]
-    de, dm, nf, c = _advance_one(spins[r], thr_slot[k, 0], thr_slot[k, 1], padd_slot[k],
+    de, dm, nf, c = _advance_one(spins[r], thr_slot[k], padd_slot[k],
                                  keys[r], wkeys[r], counters[r], step0, n_steps, n_metropolis,
                                  nw_slot[k], stack[r], members[r], mark[r], out[r])
     counters[r] = c
@@ -380,7 +407,7 @@ def _pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, cou
     when s > thermalize and (s - thermalize) % sample_every == 0. Events at sweep1 are left
     to the caller. Same trajectory as advance_replicas + exchange_round called in turn.
 
-    Per-slot parameters: thr_slot uint64 [R, 2], padd_slot uint64 [R], nw_slot int64 [R]
+    Per-slot parameters: thr_slot uint64 [R, 3], padd_slot uint64 [R], nw_slot int64 [R]
     (Wolff clusters per step), beta_slot float64 [R]. Sample j, row r (replica r):
     out_spins uint8 [C, R, L·L/4] its lattice packed (:func:`pack_spins`), out_energy/out_magnet float64 [C, R] per spin, out_slot
     int64 [C, R] its temperature slot, out_sweep int64 [C]; the caller makes C large enough.

@@ -28,22 +28,25 @@ import numpy as np
 
 BUILD_HINT = "cmake -S . -B build && cmake --build build"
 LIB_NAME = "libising_kernels.so"
-ABI_VERSION = 3  # must equal ISING_ABI_VERSION in hpc/ising_kernels.h
+ABI_VERSION = 4  # must equal ISING_ABI_VERSION in hpc/ising_kernels.h
 
 # "auto" prefers the native backend when the library is built: it was faster in every
-# Metropolis workload of `python -m benchmarks.native`, and even or faster for Wolff
+# Metropolis and Wolff workload of `python -m benchmarks.native`
 # (2-core AMD EPYC Zen 4 with AVX-512, gcc 12 -O3 -march=native, numba 0.68.1; a shared,
 # loaded machine, so best-of-calls timings). native/numba:
 #   Metropolis, 1 thread   L=256: 2.34 vs 0.46 flips/ns = 5.1x; L=1024: 2.98 vs 0.50 = 6.0x;
 #                          L=64: 2.0x per single-sweep call (Python call overhead),
 #                          4.0x batched (advance_replicas, 10 sweeps per call)
 #   Metropolis, 2 threads  3.6-4.5x single sweeps, 4.3-6.3x batched (OMP_WAIT_POLICY=PASSIVE)
-#   Wolff only             1.2-1.3x (1 thread), 1.6-2.3x (2 threads)
+#   Wolff only, 1 thread   14.4, 13.8, 13.5 vs 38, 39, 46 ns per flipped spin at Tc for
+#                          L = 16, 32, 64 (2.7-3.4x; native 35 ns before its one-pass
+#                          cluster growth); 2.7-2.9x at L = 64, 256 (batched workload)
 AUTO_PREFERS_NATIVE = True
 
 _REPO = Path(__file__).resolve().parent.parent
 _ERRORS = {-1: "L must be even, >= 2 and <= 46340", -2: "out of memory for the work arrays",
-           -3: "negative count, sweep index or number of Wolff clusters, or thr[1] > thr[0] "
+           -3: "negative count, sweep index or number of Wolff clusters, or thresholds "
+               "not nested as thr[2] <= thr[1] <= thr[0] "
                "(use kernels.metropolis_thresholds(beta))"}
 
 _lib = None
@@ -110,7 +113,7 @@ def _load():
 def _declare(lib):
     lib.ising_max_threads.restype = ctypes.c_int
     lib.ising_metropolis_sweep.restype = ctypes.c_int
-    lib.ising_metropolis_sweep.argtypes = [_i8p, _i64, _u64, _u64, _u64, _i64, _i8p,
+    lib.ising_metropolis_sweep.argtypes = [_i8p, _i64, _u64, _u64, _u64, _u64, _i64, _i8p,
                                            ctypes.c_int, ctypes.POINTER(_i64),
                                            ctypes.POINTER(_i64)]
     lib.ising_advance_replicas.restype = ctypes.c_int
@@ -277,18 +280,18 @@ def metropolis_sweep(spins, thr, key, sweep, scratch, n_threads=None):
     """One checkerboard Metropolis sweep of one lattice (rows over OpenMP threads).
 
     Same contract as :func:`ising_dist.kernels.metropolis_sweep`: spins int8 [L, L] updated
-    in place; thr uint64 [2] from metropolis_thresholds; key uint64 stream key; sweep the
+    in place; thr uint64 [3] from metropolis_thresholds; key uint64 stream key; sweep the
     sweep index selecting the random numbers; scratch int8 [L, L] work array.
     Returns (dE, dM) int totals. n_threads: None = :func:`max_threads`.
     """
     lib = library()
     L = _lattices(spins, 2)
-    _array("thr", thr, _U64, (2,))
+    _array("thr", thr, _U64, (3,))
     _array("scratch", scratch, _I8, (L, L), writeable=True)
     sweep = _count("sweep", sweep)
-    t4, t8 = thr.tolist()
+    t0, t4, t8 = thr.tolist()
     de, dm = _i64(), _i64()
-    rc = lib.ising_metropolis_sweep(_ptr(spins), L, t4, t8, _key(key), sweep,
+    rc = lib.ising_metropolis_sweep(_ptr(spins), L, t0, t4, t8, _key(key), sweep,
                                     _ptr(scratch), _threads(n_threads), de, dm)
     _check(rc, "metropolis_sweep")
     return de.value, dm.value
@@ -298,14 +301,14 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
                      n_metropolis, n_wolff, energy, magnet, flipped, n_threads=None):
     """Advance R replicas; same contract as :func:`ising_dist.kernels.advance_replicas`.
 
-    spins int8 [R, L, L]; thr uint64 [R, 2]; padd uint64 [R]; keys, wkeys uint64 [R];
+    spins int8 [R, L, L]; thr uint64 [R, 3]; padd uint64 [R]; keys, wkeys uint64 [R];
     counters uint64 [R] (updated); n_wolff int64 [R]; energy, magnet, flipped int64 [R]
     (updated). Replicas over OpenMP threads (row-parallel sweeps when R < threads).
     """
     lib = library()
     L = _lattices(spins, 3)
     R = spins.shape[0]
-    _array("thr", thr, _U64, (R, 2))
+    _array("thr", thr, _U64, (R, 3))
     for name, a in (("padd", padd), ("keys", keys), ("wkeys", wkeys)):
         _array(name, a, _U64, (R,))
     _array("counters", counters, _U64, (R,), writeable=True)
@@ -334,7 +337,7 @@ def _segment_args(spins, id0, R, thr_slot, padd_slot, nw_slot, beta_slot, keys, 
     if not (1 <= n_local and 0 <= id0 and id0 + n_local <= R):
         raise ValueError(f"replica block id0={id0} of {n_local} replicas does not fit "
                          f"R={R} replicas")
-    _array("thr_slot", thr_slot, _U64, (R, 2))
+    _array("thr_slot", thr_slot, _U64, (R, 3))
     for name, a, dt in (("padd_slot", padd_slot, _U64), ("nw_slot", nw_slot, _I64),
                         ("beta_slot", beta_slot, _F64)):
         _array(name, a, dt, (R,))

@@ -103,6 +103,41 @@ def test_kaufman_derivatives_match_mpmath(L):
             assert c[i] == pytest.approx(float(mp.diff(f, K, 2) * K ** 2 / N), rel=1e-10)
 
 
+def _transfer_matrix_e_c(L, T):
+    """Energy and specific heat per spin of the L×L periodic lattice from the row-to-row
+    transfer matrix (Kramers & Wannier, Phys. Rev. 60, 252 (1941)), an oracle independent
+    of Kaufman's: with 2^L row states a, b, Z = Tr(M^L), M_ab = exp(-β W_ab),
+    W_ab = -Σ_j a_j a_{j+1} - Σ_j a_j b_j (the bonds to the right inside row a and down to
+    row b, this module's convention). The β-derivatives of M^L come from powers of the block
+    matrix B = [[M, M', M''/2], [0, M, M'], [0, 0, M]] (M' = -W∘M, M'' = W²∘M): the top
+    row of B^L is M^L, (M^L)', (M^L)''/2. Then e = -Z'/(N Z), c = β² (Z''/Z - (Z'/Z)²)/N."""
+    n = 2 ** L
+    rows = 2 * ((np.arange(n)[:, None] >> np.arange(L)) & 1) - 1           # [n, L] of ±1
+    W = -(rows * np.roll(rows, -1, axis=1)).sum(1)[:, None] - rows @ rows.T
+    beta = 1.0 / T
+    M = np.exp(-beta * W)
+    B = np.zeros((3 * n, 3 * n))
+    for i, block in enumerate((M, -W * M, W ** 2 * M / 2)):
+        for j in range(3 - i):
+            B[j * n:(j + 1) * n, (i + j) * n:(i + j + 1) * n] = block
+    P = np.linalg.matrix_power(B, L)
+    Z, Z1, Z2 = (np.trace(P[:n, i * n:(i + 1) * n]) for i in range(3))
+    N = L * L
+    return -Z1 / (N * Z), beta ** 2 * (2 * Z2 / Z - (Z1 / Z) ** 2) / N
+
+
+@pytest.mark.parametrize("T", [1.5, ex.TC, 3.0])
+def test_kaufman_matches_transfer_matrix_at_l6(T):
+    """Kaufman's e and c at L = 6 against the transfer matrix (2^6 row states), which
+    shares no formula with them."""
+    e, c = _transfer_matrix_e_c(6, T)
+    assert ex.kaufman_energy(T, 6) == pytest.approx(e, rel=1e-11)
+    assert ex.kaufman_specific_heat(T, 6) == pytest.approx(c, rel=1e-9)
+    # the oracle itself against enumeration where that is possible (L = 4)
+    mo = ex.exact_moments(4, T)
+    assert _transfer_matrix_e_c(4, T) == pytest.approx((mo["e"], mo["c"]), rel=1e-11)
+
+
 def test_kaufman_smooth_through_gamma0_zero():
     """At T = Tc (float) γ_0 ≈ 0 and Z_4 changes sign; results must be finite and smooth."""
     T = ex.TC * np.array([1 - 1e-9, 1.0, 1 + 1e-9])
