@@ -9,8 +9,9 @@ evaluates identically, so the output does not depend on P.
 
 The run loop (:meth:`ParallelTempering.run`) advances all local replicas to the next event
 sweep s, then at s, in this order:
-  1. sync        all ranks share every replica's energy and any stop request (SIGTERM/INT)
-  2. calibrate   Wolff only: clusters per sweep for each temperature, at s = thermalize
+  1. calibrate   Wolff only: clusters per sweep for each temperature, at s = thermalize
+                 (it grows clusters, so it comes before the energies are shared)
+  2. sync        all ranks share every replica's energy and any stop request (SIGTERM/INT)
   3. exchange    if s % exchange_every == 0: neighbour swaps, even/odd pairs alternating
   4. adapt       adaptive ladder, thermalization only (first 3/4), after windows of
                  adapt_every, 2·adapt_every, 4·adapt_every, ... exchange rounds
@@ -44,6 +45,7 @@ from . import kernels, native, observables
 from .config import ConfigError, PTConfig
 from .engine import Chains, clusters_per_sweep
 from .mpi import world
+from .runlock import RunLock, RunLockedError, RunLostError
 from .store import (CollectiveWriter, GatherWriter, RunWriter, StoreError, open_read,
                     stored_config)
 
@@ -142,9 +144,9 @@ class ParallelTempering:
                 self.chains.advance(1.0 / self.temps[slots], s - self.sweep, self.sweep,
                                     cfg.algorithm, cfg.n_metropolis, self.n_wolff[slots])
             self.sweep = s
-            stop = self._sync()
             if cfg.algorithm == "wolff" and s == cfg.thermalize:
-                self._calibrate_wolff()
+                self._calibrate_wolff()  # its clusters change the lattices: before the sync
+            stop = self._sync()
             if s % cfg.exchange_every == 0:
                 self._exchange(s // cfg.exchange_every)
             if s <= self.adapt_until and s % cfg.exchange_every == 0 \
@@ -410,10 +412,20 @@ def resolve_config(args):
 
 
 def setup(args, comm):
-    """Validate everything on rank 0 before any work; all ranks get the config or exit."""
-    result = None
+    """Validate everything on rank 0 before any work; all ranks get the config or exit.
+
+    Rank 0 locks the output (ising_dist.runlock) before it creates, replaces or reopens it,
+    and holds the lock for the run. Returns (cfg, writer, checkpoint or None, lock: rank 0's
+    RunLock, None on the other ranks); raises ConfigError (also for an output that a live
+    run holds)."""
+    result, lock = None, None
     try:
         if comm.rank == 0:
+            if args.resume:  # resolving a resume repairs and cuts back the file: lock first
+                out = args.out if args.out is not None else \
+                    cfgmod.load(PTConfig, args.config, {}).out
+                if os.path.isfile(out):  # (a missing file: resolve_config says so)
+                    lock = RunLock.acquire(out, role="pt")
             cfg, writer, ckpt = resolve_config(args)
             if cfg.replicas < comm.size:
                 raise ConfigError(f"replicas={cfg.replicas} < {comm.size} MPI ranks: every rank "
@@ -428,13 +440,18 @@ def setup(args, comm):
                     "(README, 'Writers') and run .venv-parallel/bin/python under "
                     "/usr/bin/mpiexec.mpich, or use --writer gather (live-readable)")
             if writer is None:
+                lock = RunLock.acquire(cfg.out, role="pt")
                 writer = RunWriter.create(cfg.out, cfgmod.to_yaml(cfg), cfg.L, cfg.seed,
                                           cfg.ladder_temperatures(), overwrite=args.overwrite,
                                           compress=not (cfg.writer == "collective"
-                                                        and comm.size > 1))
+                                                        and comm.size > 1), lock=lock)
+            else:
+                writer.attach_lock(lock)
             result = ("ok", cfgmod.to_dict(cfg), ckpt)
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, RunLockedError) as exc:
         result = ("error", str(exc), None)
+        if lock is not None:
+            lock.release()
     status, payload, ckpt = comm.bcast(result if comm.rank == 0 else None)
     if status == "error":
         raise ConfigError(payload)
@@ -443,9 +460,9 @@ def setup(args, comm):
         if comm.rank == 0:
             writer.close()  # created or cut back serially; now every rank opens it with mpio
         comm.barrier()
-        return cfg, CollectiveWriter(comm, cfg.out), ckpt
+        return cfg, CollectiveWriter(comm, cfg.out, lock), ckpt, lock
     # gather: "auto" picks it too, for a file that can be read while it is written
-    return cfg, GatherWriter(comm, writer if comm.rank == 0 else None), ckpt
+    return cfg, GatherWriter(comm, writer if comm.rank == 0 else None), ckpt, lock
 
 
 def main(argv=None):
@@ -468,7 +485,7 @@ def main(argv=None):
                     if k not in ("config", "resume", "overwrite", "dry_run") and v is not None})),
                     end="")
             return 0
-        cfg, writer, ckpt = setup(args, comm)
+        cfg, writer, ckpt, lock = setup(args, comm)
     except ConfigError as exc:
         if comm.rank == 0:
             print(f"error: {exc}", file=sys.stderr)
@@ -484,12 +501,26 @@ def main(argv=None):
     try:
         pt.run()
         writer.close()
+        if lock is not None:  # the file is still this run's (checked at every checkpoint)
+            lock.check(cfg.out)
     except OSError as exc:  # the file system is full, a quota or file-size limit is reached, …
         why = os.strerror(exc.errno) if exc.errno else str(exc)
-        print(f"error: writing {cfg.out} failed: {why}.\nThe file keeps every sample up to its "
-              f"last checkpoint. Make room, then continue with:\n  python -m ising_dist.pt "
-              f"--out {cfg.out} --resume", file=sys.stderr)
+        done = writer.last_checkpoint
+        if done is None and ckpt is not None:
+            done = int(ckpt["position"][0])
+        kept = (f"every sample up to its last checkpoint, at sweep {done}" if done is not None
+                else "no checkpoint yet (the run stopped before its first one)")
+        print(f"error: writing {cfg.out} failed: {why}.\nThe file keeps {kept}. Make room, "
+              f"then continue with:\n  python -m ising_dist.pt --out {cfg.out} --resume",
+              file=sys.stderr)
         comm.abort(1)  # HDF5 cannot close the file cleanly now; other ranks may be waiting
+    except RunLostError as exc:  # the output was replaced or removed under this run
+        if comm.rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+            lock.release()  # (removes the lock file only if it is still this run's)
+        comm.abort(1)  # other ranks may be waiting; nothing more is written or printed
+    if lock is not None:  # (a run that ends otherwise leaves a stale lock: the next one takes it)
+        lock.release()
     if comm.rank == 0:
         elapsed = time.perf_counter() - t0
         if pt.sweep < pt.total:

@@ -29,6 +29,12 @@ only then is ``/checkpoint/current`` switched, so a kill at any moment leaves on
 checkpoint; samples beyond that checkpoint are cut off on resume. A file whose writer was
 killed still carries HDF5's "open for writing" flag: h5py opens it with ``swmr=True``;
 resuming clears the flag (``h5clear -s``, from Debian's hdf5-tools) before reopening.
+
+One writer per file: an entry point locks the file (:class:`ising_dist.runlock.RunLock`,
+``<file>.lock``) before creating or reopening it and hands the lock to the writer, which
+checks it at every checkpoint (:meth:`RunWriter.checkpoint`) and stops the run with
+``RunLostError`` once the file was replaced or removed under it. Opened without a lock (from a
+script), a writer refuses a file that a live run holds (``RunLockedError``).
 """
 
 import collections
@@ -48,6 +54,7 @@ import yaml
 
 from . import __version__
 from .kernels import _pack, pack_spins, unpack_spins
+from .runlock import RunLostError, refuse_if_live
 
 SCHEMA_VERSION = 1
 LIBVER = ("v110", "v110")
@@ -195,7 +202,8 @@ def _repair_truncated(path):
 
 
 def _refuse_if_locked(path):
-    """Refuse to touch a file that a live process holds open (HDF5 takes a flock)."""
+    """Refuse to touch a file that another HDF5 program holds open without SWMR (HDF5 takes a
+    flock then). A run's SWMR writer holds none: its RunLock guards it (refuse_if_live)."""
     with open(path, "rb") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -219,6 +227,9 @@ class RunWriter:
 
     def __init__(self, f, flush_seconds=0.5):
         self.f = f
+        self.path = Path(f.filename)
+        self.lock = None             # the run's RunLock (see attach_lock)
+        self.last_checkpoint = None  # sweep of the newest checkpoint known to be on disk
         spins = f["spins"]
         self.R, self.L = spins.shape[0], spins.shape[2]
         self.chunk = cs = spins.chunks[1]
@@ -274,10 +285,15 @@ class RunWriter:
 
     # -- creation and reopening -------------------------------------------------------
     @classmethod
-    def create(cls, path, cfg_yaml, L, seed, temperatures, overwrite=False, compress=True):
+    def create(cls, path, cfg_yaml, L, seed, temperatures, overwrite=False, compress=True,
+               lock=None):
         """A new run file. compress=False stores /spins unfiltered: for the collective writer,
-        since filtered collective writes corrupted data or hung with parallel HDF5 1.10.8."""
+        since filtered collective writes corrupted data or hung with parallel HDF5 1.10.8.
+        lock: this run's RunLock on ``path`` (taken before), checked at every checkpoint;
+        without one, a file held by a live run is refused (RunLockedError)."""
         path = Path(path)
+        if lock is None:
+            refuse_if_live(path)
         if path.exists() and not overwrite:
             raise StoreError(f"--out {str(path)!r} exists; pass --resume to continue it or "
                              f"--overwrite to replace it (its data would be lost)")
@@ -319,7 +335,9 @@ class RunWriter:
                 for name, (dtype, shape) in CHECKPOINT_FIELDS.items():
                     s.create_dataset(name, shape=shape(R, L), dtype=dtype)
         tmp.replace(path)  # the file appears complete or not at all
-        return cls._open_swmr(path)
+        w = cls._open_swmr(path)
+        w.attach_lock(lock)
+        return w
 
     @classmethod
     def _open_swmr(cls, path):
@@ -330,13 +348,16 @@ class RunWriter:
         return cls(f)
 
     @classmethod
-    def reopen(cls, path):
+    def reopen(cls, path, lock=None):
         """Open an existing run for resuming: refuse foreign/locked files, clear a crash flag,
-        cut samples back to the latest checkpoint. Returns (writer, checkpoint dict)."""
+        cut samples back to the latest checkpoint. Returns (writer, checkpoint dict).
+        lock: as for :meth:`create` (or attach it later with :meth:`attach_lock`)."""
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"--resume: {str(path)!r} does not exist; drop --resume to start "
                              f"a new run")
+        if lock is None:
+            refuse_if_live(path)
         _refuse_if_locked(path)
         size = path.stat().st_size
         _repair_truncated(path)
@@ -354,13 +375,22 @@ class RunWriter:
                 os.truncate(path, size)  # leave a foreign file as it was
                 raise
         w = cls._open_swmr(path)
+        w.attach_lock(lock)
         ckpt = w.read_checkpoint()
         if ckpt is None:
             w.close()
             raise StoreError(f"{str(path)!r} holds no checkpoint yet (the run was stopped "
                              f"before its first one); start again with --overwrite")
+        w.last_checkpoint = int(ckpt["position"][0])
         w.truncate(int(ckpt["position"][1]))
         return w, ckpt
+
+    def attach_lock(self, lock):
+        """Hand this writer the run's RunLock (None: none): the file it has open is the run's
+        output from now on, and every checkpoint first checks that it still is."""
+        self.lock = lock
+        if lock is not None:
+            lock.bind(fd=self.f.id.get_vfd_handle())
 
     # -- streaming ----------------------------------------------------------------------
     MAX_JOBS = 2  # appends queued at once: the caller waits for the oldest beyond that
@@ -514,7 +544,10 @@ class RunWriter:
     def checkpoint(self, state):
         """Write ``state`` (CHECKPOINT_FIELDS; its position[1] is filled in here) into the
         spare slot, then switch to it.
-        Queued samples are written first, so the checkpoint never points past the data."""
+        Queued samples are written first, so the checkpoint never points past the data.
+        Raises RunLostError (writing nothing) if the file was replaced or the lock lost."""
+        if self.lock is not None:
+            self.lock.check(self.path)
         self.flush()
         state = dict(state)
         state["position"] = np.array([state["position"][0], self.n_samples], np.int64)
@@ -529,6 +562,7 @@ class RunWriter:
         self.f["checkpoint/current"][0] = spare
         self.f.attrs["sweeps_done"] = int(state["position"][0])
         self.f.flush()
+        self.last_checkpoint = int(state["position"][0])
 
     def read_checkpoint(self):
         cur = int(self.f["checkpoint/current"][0])
@@ -598,6 +632,11 @@ class GatherWriter:
         if self.w is not None:
             self.w.set_temperatures(temperatures)
 
+    @property
+    def last_checkpoint(self):
+        """Sweep of the newest checkpoint on disk (rank 0; None elsewhere or before one)."""
+        return None if self.w is None else self.w.last_checkpoint
+
     def close(self):
         if self.w is not None:
             self.w.close()
@@ -613,8 +652,11 @@ class CollectiveWriter:
     time (and at checkpoints), the same on every rank.
     """
 
-    def __init__(self, comm, path):
-        self.comm = comm
+    def __init__(self, comm, path, lock=None):
+        """lock: the run's RunLock on rank 0 (None on the other ranks), checked at every
+        checkpoint; the file must be the one it was bound to (RunWriter.attach_lock)."""
+        self.comm, self.path, self.lock = comm, Path(path), lock
+        self.last_checkpoint = None
         self.f = h5py.File(path, "r+", driver="mpio", comm=comm.comm, libver=LIBVER)
         self.R, self.L = self.f["spins"].shape[0], self.f["spins"].shape[2]
         self.chunk = self.f["spins"].chunks[1]
@@ -685,6 +727,15 @@ class CollectiveWriter:
         self._write(dset, sel, data)
 
     def checkpoint(self, shared, ids, spins, counters):
+        lost = None
+        if self.lock is not None:
+            try:
+                self.lock.check(self.path)
+            except RunLostError as exc:
+                lost = str(exc)
+        lost = self.comm.bcast(lost)  # every rank stops together, before writing anything
+        if lost is not None:
+            raise RunLostError(lost)
         self.flush()
         cur = int(self.f["checkpoint/current"][0])
         spare = 0 if cur < 0 else 1 - cur
@@ -705,6 +756,7 @@ class CollectiveWriter:
         self._shared(self.f["checkpoint/current"], np.array([spare], np.int64))
         self.f.attrs["sweeps_done"] = int(state["position"][0])
         self.f.flush()
+        self.last_checkpoint = int(state["position"][0])
 
     def set_temperatures(self, temperatures):
         self._shared(self.f["temperatures"], temperatures)

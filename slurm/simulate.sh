@@ -9,6 +9,9 @@
 # Slurm sends SIGTERM to the ranks 120 s before the time limit: they write a checkpoint and
 # exit 0. The job is requeue-safe: when the output file exists it is resumed (a file of another
 # run is refused, never overwritten), so `scontrol requeue` or a resubmission continues it.
+# Only one job writes an output: while a job runs, its writing rank holds <out>.lock, and a
+# second job onto the same --out (a duplicate submission) fails at once with an error naming
+# the live job (ising_dist.runlock); a requeued job takes over the lock its killed run left.
 #SBATCH --job-name=ising-pt
 #SBATCH --ntasks=4
 #SBATCH --cpus-per-task=1
