@@ -10,10 +10,13 @@ Families (cfg.family) and their modules:
     "cvae"     cvae.CVAE   VAE with T fed to encoder and decoder            kind "likelihood"
     "dcgan"    gan.GAN     T-conditional generator / BCE discriminator      kind "adversarial"
     "wgan-gp"  gan.GAN     T-conditional generator / critic + grad penalty  kind "adversarial"
-Bodies (cfg.arch "mlp" or "conv", periodic padding optional) live in nets.py.
+    "autoregressive"  autoregressive.Autoregressive  exact ln q(x|T) (PixelCNN | MADE)  kind "exact"
+Bodies (cfg.arch "mlp" or "conv", periodic padding optional) live in nets.py; the
+autoregressive bodies (cfg.body) in autoregressive.py.
 
 Interface of every model returned by ``build_model(cfg)``:
-    model.cfg, model.kind                      ModelConfig; "likelihood" | "adversarial"
+    model.cfg, model.kind                      ModelConfig; "likelihood" | "adversarial" |
+                                               "exact"
     model.encode(x, T) -> (mu, logvar)         [B, d] each; AE (code, None); GAN raises
                                                NotImplementedError
     model.decode(z, T) -> logits [B, L, L]     z [B, latent_dim] (GAN: [B, noise_dim])
@@ -28,10 +31,18 @@ Interface of every model returned by ``build_model(cfg)``:
   adversarial models:
     model.critic_loss(x, T) == model(x, T, "critic")       -> {"total", ...}
     model.generator_loss(x, T) == model(x, T, "generator") -> {"total"}
+  exact models (family "autoregressive"; no encode/decode/fit_prior):
+    model.log_prob(spins, T=None) -> float64 [B]  exact, normalised ln q(x|T) in nats;
+                                               spins ±1 [B, L, L] (torch or numpy)
+    model.sample(n, T=None, generator=None, mode=None) -> (int8 ±1 [n, L, L], log_q float64 [n])
+    model.losses(x, T) == model(x, T) -> {"nll", "total"}    (cfg.objective "likelihood")
+    model.variational_losses(x, beta) == model(x, beta=beta) -> {"surrogate", "free_energy",
+        "energy", "entropy", "total"}                        (cfg.objective "variational")
 
 Training and files:
     loop.train_epoch(model, loader, optimizers, device) -> {term: epoch mean}   (DDP-aware)
     loop.evaluate_epoch(model, loader, device) -> {term: epoch mean}
+    loop.train_variational_epoch / loop.evaluate_variational   (VAN: no data; DDP-aware)
     io.save_model(path, model, extra) / io.load_model(path) -> (model, extra)
 DDP: wrap likelihood models as they are; wrap GANs with find_unused_parameters=True (the critic
 step runs the generator without gradient). The loop unwraps ``.module`` for everything else.
@@ -39,6 +50,7 @@ step runs the generator without gradient). The loop unwraps ``.module`` for ever
 from __future__ import annotations
 
 from .ae import AE
+from .autoregressive import Autoregressive
 from .base import GenerativeModel
 from .config import ModelConfig
 from .cvae import CVAE
@@ -47,7 +59,8 @@ from .io import load_model, save_model
 from .loop import evaluate_epoch, train_epoch
 from .vae import VAE
 
-FAMILY_CLASSES = {"ae": AE, "vae": VAE, "cvae": CVAE, "dcgan": GAN, "wgan-gp": GAN}
+FAMILY_CLASSES = {"ae": AE, "vae": VAE, "cvae": CVAE, "dcgan": GAN, "wgan-gp": GAN,
+                  "autoregressive": Autoregressive}
 
 
 def build_model(cfg: ModelConfig | dict) -> GenerativeModel:
@@ -57,5 +70,5 @@ def build_model(cfg: ModelConfig | dict) -> GenerativeModel:
     return FAMILY_CLASSES[cfg.family](cfg)
 
 
-__all__ = ["AE", "CVAE", "GAN", "VAE", "GenerativeModel", "ModelConfig", "build_model",
-           "evaluate_epoch", "load_model", "save_model", "train_epoch"]
+__all__ = ["AE", "Autoregressive", "CVAE", "GAN", "VAE", "GenerativeModel", "ModelConfig",
+           "build_model", "evaluate_epoch", "load_model", "save_model", "train_epoch"]

@@ -12,8 +12,10 @@ from typing import Any, Mapping
 
 TC = 2.269185314213022  # exact critical temperature 2/ln(1+√2), J = k_B = 1
 
-FAMILIES = ("ae", "vae", "cvae", "dcgan", "wgan-gp")
+FAMILIES = ("ae", "vae", "cvae", "dcgan", "wgan-gp", "autoregressive")
 ARCHS = ("mlp", "conv")
+BODIES = ("pixelcnn", "made")                  # family "autoregressive"
+OBJECTIVES = ("likelihood", "variational")     # family "autoregressive"
 SAMPLE_MODES = ("bernoulli", "sign")
 PRIORS = ("normal", "fitted")
 
@@ -22,7 +24,7 @@ PRIORS = ("normal", "fitted")
 class ModelConfig:
     """Every field of a generative model, validated on construction.
 
-    family           "ae" | "vae" | "cvae" | "dcgan" | "wgan-gp"
+    family           "ae" | "vae" | "cvae" | "dcgan" | "wgan-gp" | "autoregressive"
     arch             "mlp" (any L) | "conv" (L divisible by 2**len(channels))
     L                lattice side; inputs/outputs are [B, L, L]
     latent_dim       code size of AE/VAE/CVAE
@@ -39,6 +41,24 @@ class ModelConfig:
     gp_weight        WGAN-GP gradient-penalty weight
     n_critic         critic steps per generator step (WGAN-GP; DCGAN always uses 1)
     noise_dim        GAN generator noise size
+  family "autoregressive" only (exact, normalised q(x|T); see models/autoregressive.py):
+    body             "pixelcnn" (masked convolutions) | "made" (masked dense, arXiv 1502.03509)
+    t_conditional    one network for the whole ladder: T enters every layer (then
+                     ``conditional`` is true and log_prob/sample need T)
+    z2               q_s(x) = ½(q(x) + q(−x)), sampled with a random global flip
+    objective        "likelihood" (maximum likelihood on the PT file) | "variational" (VAN,
+                     arXiv 1809.10606: minimise F_q at ``temperature``, no data)
+    ar_channels      PixelCNN channels of every layer
+    ar_blocks        PixelCNN residual blocks after the exclusive first layer
+    ar_kernel        PixelCNN kernel size of the residual blocks (odd ≥ 3)
+    ar_hidden        MADE hidden widths
+    temperature      VAN target temperature T > 0 (J/k_B); required when objective is
+                     "variational" (0: not set)
+    beta_anneal      VAN: epochs (fractions allowed) over which β rises linearly to
+                     1/temperature (0: no annealing). Counted in epochs, not as a fraction of
+                     the run, so that a run resumed with more --epochs keeps its schedule
+    van_batch        VAN global batch of samples per gradient step (split over workers)
+    van_steps        VAN gradient steps per epoch
     """
 
     family: str = "vae"
@@ -57,12 +77,26 @@ class ModelConfig:
     gp_weight: float = 10.0
     n_critic: int = 5
     noise_dim: int = 16
+    body: str = "pixelcnn"
+    t_conditional: bool = False
+    z2: bool = False
+    objective: str = "likelihood"
+    ar_channels: int = 32
+    ar_blocks: int = 3
+    ar_kernel: int = 3
+    ar_hidden: list[int] = field(default_factory=lambda: [256])
+    temperature: float = 0.0
+    beta_anneal: float = 5.0
+    van_batch: int = 256
+    van_steps: int = 50
 
     def __post_init__(self) -> None:
         self.validate()
         # normalise after validation so to_dict() and saved files are canonical
         self.hidden, self.channels = list(self.hidden), list(self.channels)
-        for name in ("kl_weight", "mag_weight", "binarize_weight", "gp_weight", "t_scale"):
+        self.ar_hidden = list(self.ar_hidden)
+        for name in ("kl_weight", "mag_weight", "binarize_weight", "gp_weight", "t_scale",
+                     "beta_anneal", "temperature"):
             setattr(self, name, float(getattr(self, name)))
 
     # ------------------------------------------------------------------ construction
@@ -88,8 +122,10 @@ class ModelConfig:
 
     @property
     def conditional(self) -> bool:
-        """True when the networks take the temperature as an input."""
-        return self.family in ("cvae", "dcgan", "wgan-gp")
+        """True when the networks take the temperature as an input (cvae, GANs, and an
+        autoregressive model with t_conditional)."""
+        return (self.family in ("cvae", "dcgan", "wgan-gp")
+                or (self.family == "autoregressive" and self.t_conditional))
 
     @property
     def adversarial(self) -> bool:
@@ -119,9 +155,40 @@ class ModelConfig:
                     f"L={self.L}: arch='conv' with channels={self.channels} halves the lattice "
                     f"{len(self.channels)} times, so L must be divisible by {k}; choose such an L, "
                     f"fewer channels, or arch='mlp' (any L)")
+        self._validate_autoregressive()
         if self.adversarial and self.prior == "fitted":
             raise ValueError(f"prior='fitted' with family={self.family!r}: a GAN has no encoder to "
                              f"fit codes to; use prior='normal'")
+
+
+    def _validate_autoregressive(self) -> None:
+        _choice("body", self.body, BODIES)
+        _choice("objective", self.objective, OBJECTIVES)
+        for name in ("t_conditional", "z2"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
+        for name in ("ar_channels", "ar_blocks", "van_batch", "van_steps"):
+            _int(name, getattr(self, name), 0 if name == "ar_blocks" else 1)
+        _int("ar_kernel", self.ar_kernel, 3)
+        if self.ar_kernel % 2 == 0:
+            raise ValueError(f"ar_kernel={self.ar_kernel}: must be odd (3, 5, …) so the "
+                             f"kernel has a centre site")
+        _int_list("ar_hidden", self.ar_hidden)
+        _float("beta_anneal", self.beta_anneal, positive=False)
+        _float("temperature", self.temperature, positive=False)
+        if self.family != "autoregressive":
+            if self.t_conditional or self.z2 or self.objective != "likelihood":
+                raise ValueError(f"family={self.family!r}: t_conditional, z2 and objective="
+                                 f"'variational' belong to family 'autoregressive' (the "
+                                 f"T-conditional VAE is family 'cvae')")
+            return
+        if self.objective == "variational":
+            if self.temperature == 0:
+                raise ValueError("objective='variational' trains at one temperature: set "
+                                 "model.temperature (e.g. 3.0)")
+            if self.t_conditional:
+                raise ValueError("objective='variational' trains at one temperature "
+                                 f"(temperature={self.temperature}): set t_conditional: false")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -8,14 +8,21 @@ build_model or that model wrapped in DistributedDataParallel:
   DDP module, each followed by its own backward and optimizer step. Wrap GANs with
   ``DistributedDataParallel(model, find_unused_parameters=True)``: the critic path runs the
   generator without gradient. A GAN wrapped otherwise is refused with that advice.
-Returned dicts hold the batch-size-weighted mean of each term over the epoch (this rank only).
+- exact models (family "autoregressive") with objective "likelihood": as likelihood models;
+  with objective "variational" (VAN) there is no data: ``train_variational_epoch`` draws each
+  rank's own batch from the model (the caller seeds each rank differently) and DDP averages
+  the gradients; ``evaluate_variational`` estimates F_q on fresh samples.
+Returned dicts hold the batch-size-weighted mean of each term over the epoch (this rank only),
+except ``*_variational``, whose free energy and its error are over all ranks.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -67,9 +74,10 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch],
     critic step (WGAN-GP, counted across epochs; DCGAN alternates 1:1); keys critic_<term>
     and gen_<term>."""
     net = unwrap(model)
+    _check_not_variational(net)
     model.train()
     means = _Means()
-    if net.kind == "likelihood":
+    if net.kind in ("likelihood", "exact"):
         opt, = optimizers
         for x, T in loader:
             x, T = x.to(device, torch.float32), T.to(device, torch.float32)
@@ -98,13 +106,14 @@ def evaluate_epoch(model: nn.Module, loader: Iterable[Batch], device) -> dict[st
     """Same keys as train_epoch, no parameter updates (the WGAN gradient penalty still
     differentiates the critic with respect to its input)."""
     net = unwrap(model)
+    _check_not_variational(net)
     was_training = net.training
     net.eval()
     means = _Means()
     try:
         for x, T in loader:
             x, T = x.to(device, torch.float32), T.to(device, torch.float32)
-            if net.kind == "likelihood":
+            if net.kind in ("likelihood", "exact"):
                 means.add(net.losses(x, T), x.shape[0])
             else:
                 means.add(net.critic_loss(x, T), x.shape[0], "critic_")
@@ -112,3 +121,97 @@ def evaluate_epoch(model: nn.Module, loader: Iterable[Batch], device) -> dict[st
     finally:
         net.train(was_training)
     return means.result()
+
+
+# ---------------------------------------------------------------------------- VAN (no data)
+def _check_not_variational(net: nn.Module) -> None:
+    if getattr(net.cfg, "objective", "likelihood") == "variational":
+        raise ValueError("objective='variational' trains without data: use "
+                         "train_variational_epoch / evaluate_variational")
+
+
+def van_beta(target_T: float, beta_anneal: float, step: int, steps_per_epoch: int) -> float:
+    """Inverse temperature of VAN gradient step ``step`` (0-based, counted from the start of
+    the run): rises linearly from β_t / n_a to β_t = 1 / target_T over the first
+    n_a = beta_anneal · steps_per_epoch steps (beta_anneal in epochs), then stays at β_t
+    (n_a < 1: β_t throughout). Annealing from small β keeps q from collapsing onto one ordered
+    state early (Wu, Wang & Zhang 2019)."""
+    beta_t = 1.0 / target_T
+    n_a = beta_anneal * steps_per_epoch
+    return beta_t if n_a < 1 else beta_t * min(1.0, (step + 1) / n_a)
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_mean_err(values: list[torch.Tensor]) -> tuple[float, float]:
+    """Mean of all samples of all ranks and its standard error (i.i.d. samples)."""
+    v = torch.cat(values).double().cpu()
+    t = torch.stack([v.sum(), (v * v).sum(), torch.tensor(float(v.numel()), dtype=torch.float64)])
+    if _world() > 1:
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        t = t.cpu()
+    s, s2, n = t.tolist()
+    mean = s / n
+    var = max(s2 / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    return mean, math.sqrt(var / n)
+
+
+def train_variational_epoch(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                            epoch: int, device) -> dict[str, float]:
+    """One VAN epoch: cfg.van_steps gradient steps, each on van_batch // world samples of
+    this rank drawn from the model itself at the annealed β (van_beta), the gradient of the
+    score-function surrogate averaged over ranks by DDP.
+
+    Returns the means over the epoch of free_energy (F_q per spin at the target T, J), energy,
+    entropy, total (= free_energy), beta (the last step's), and free_energy_err: the standard
+    error of free_energy over all samples of all ranks (q changes within the epoch; the
+    evaluate_variational figure is the model's own)."""
+    net = unwrap(model)
+    cfg = net.cfg
+    opt, = optimizers
+    model.train()
+    batch = max(1, cfg.van_batch // _world())
+    means, f_all = _Means(), []
+    beta = 0.0
+    for i in range(cfg.van_steps):
+        beta = van_beta(cfg.temperature, cfg.beta_anneal, epoch * cfg.van_steps + i,
+                        cfg.van_steps)
+        spins, _ = net.sample(batch)
+        terms = model((spins.to(device, torch.float32) + 1) / 2, beta=beta)
+        _step(opt, terms.pop("surrogate"))
+        f_all.append(terms.pop("free_energy_per_sample"))
+        means.add(terms, batch)
+    out = means.result()
+    out["free_energy"], out["free_energy_err"] = _global_mean_err(f_all)
+    out["total"], out["beta"] = out["free_energy"], beta
+    return out
+
+
+@torch.no_grad()
+def evaluate_variational(model: nn.Module, device, n: Optional[int] = None
+                         ) -> dict[str, float]:
+    """F_q per spin of the current model at its target temperature, from n (default
+    cfg.van_batch) fresh samples split over the ranks: free_energy ± free_energy_err
+    (standard error), energy, entropy (per spin), total (= free_energy)."""
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    try:
+        n = max(1, (n or net.cfg.van_batch) // _world())
+        spins, _ = net.sample(n)
+        terms = net.variational_losses((spins.to(device, torch.float32) + 1) / 2,
+                                       beta=1.0 / net.cfg.temperature)
+    finally:
+        net.train(was_training)
+    f = terms.pop("free_energy_per_sample")
+    terms.pop("surrogate")
+    means = _Means()
+    means.add(terms, n)
+    out = means.result()
+    out["free_energy"], out["free_energy_err"] = _global_mean_err([f])
+    out["total"] = out["free_energy"]
+    return out
