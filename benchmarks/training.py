@@ -1,15 +1,25 @@
-"""Training benchmark: `python -m benchmarks.training [--data F.h5] [--epochs 6] [--quick]`.
+"""Training benchmark: `python -m benchmarks.training --data F.h5 [--epochs 4] [--repeats 2]`.
 
-Prints, measured in one run on one local Ray instance:
-  1. training throughput (samples/s, training passes only, median over epochs after the
-     first) of 1 and 2 DDP workers at the same global batch, for a small MLP VAE and a
-     convolutional VAE; the 2-worker/1-worker ratio (ideal 2.0 with 2 free cores);
-  2. wall time of a whole `train.run` (Ray Train start, epochs, checkpoints, teardown) —
-     the fixed cost that dominates short runs;
-  3. the time of one Tune trial (a 1×1 grid): Tune's time_total_s of the trial and the wall
-     time of the whole search, against the same train.run without Tune.
-Without --data, a PT file (L=16, 8 temperatures, 500 samples each) is made with the real
-`python -m ising_dist.pt` first. Results also go to --json.
+Prints, measured in one run on one local Ray instance, all at global batch --batch (128):
+  1. the data path alone, samples/s delivered as (x, T) batch tensors with no model, 1 thread:
+     torch's DataLoader over the per-item Dataset (the baseline), ising_dist.data.batches in
+     memory and streaming slabs (forced by a small memory budget), and Ray Data
+     (iter_torch_batches over the same spins, materialized in the object store);
+  2. each model's bare-torch compute rate: ising_dist.models.train_epoch over batches already
+     in memory, 1 thread, no Ray: the ceiling of one worker (with --compile also the rate of
+     torch.compile(model) and its compile time);
+  3. each model's train rate through ising_dist.train at 1 and 2 workers: runs interleaved
+     (bare, 1, 2, bare, 1, 2, …), each run's median epoch after the first, best of --repeats
+     (bare: best of all its measurements); the ratios 1 worker / bare and 2 / 1 workers; the
+     2 / 1 ratio the workers' CPU seconds an epoch imply with a free core each (2 × CPU of 1
+     worker / CPU of both: robust to other load, blind to time a rank waits); and the CPU
+     that Ray's own processes (GCS, raylet, dashboard, agents, Train controller and helper
+     actors, this driver) used while the workers trained (epochs 2…N), in cores;
+  4. with --tune, one Tune trial of the first model against the same run without Tune.
+Targets (issue 17): 1 worker ≥ 0.8 × bare for every model; 2 workers ≥ 1.6 × 1 worker for
+vae-conv and the PixelCNN (2 free cores). Other load on the machine lowers both: the load
+average is printed. Without --data a small PT file is made first (L=16, 8 temperatures, 500
+samples each); issue 17's figures use 5000 each (see configs/pt and `python -m ising_dist.pt`).
 """
 from __future__ import annotations
 
@@ -20,15 +30,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# name → model config: vae-mlp hidden [128, 64], vae-conv channels [64, 32], the WGAN-GP of
+# configs/train/wgan-gp.yaml, the PixelCNN at its default size (T-conditional)
 MODELS = {
-    "vae-mlp [128,64]": {"family": "vae", "arch": "mlp", "latent_dim": 2, "hidden": [128, 64]},
-    "vae-conv [64,32]": {"family": "vae", "arch": "conv", "latent_dim": 8,
-                         "channels": [64, 32]},
+    "vae-mlp": {"family": "vae", "arch": "mlp", "latent_dim": 2, "hidden": [128, 64]},
+    "vae-conv": {"family": "vae", "arch": "conv", "latent_dim": 8, "channels": [64, 32]},
+    "wgan-gp": {"family": "wgan-gp", "arch": "conv", "channels": [64, 32], "noise_dim": 16,
+                "n_critic": 5, "gp_weight": 10.0},
 }
+OPTIONAL = {  # models of families that may not exist in this checkout yet
+    "pixelcnn": {"family": "autoregressive", "body": "pixelcnn", "t_conditional": True},
+}
+SCALING_TARGETS = ("vae-conv", "pixelcnn")
+
+
+def available_models() -> dict:
+    from ising_dist.models.config import FAMILIES
+    extra = {k: v for k, v in OPTIONAL.items() if v["family"] in FAMILIES}
+    return {**MODELS, **extra}
 
 
 def make_data(tmp: Path) -> Path:
@@ -39,84 +63,337 @@ def make_data(tmp: Path) -> Path:
     return path
 
 
-def train_cfg(data, out, model, workers, epochs, batch):
+def best_rate(fn, n_items: int, trials: int = 3) -> float:
+    """Items per second of fn() (which handles n_items), best of trials."""
+    best = 0.0
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        fn()
+        best = max(best, n_items / (time.perf_counter() - t0))
+    return best
+
+
+# ---------------------------------------------------------------------------------- 1. data
+def data_rates(train_set, batch: int) -> dict:
+    """Samples/s of each data path over one epoch of the train split, 1 thread."""
+    import torch
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from ising_dist.data import batches
+
+    def drain(loader):
+        def run():
+            for x, T in loader:
+                pass
+        return run
+
+    n = len(train_set)
+    out = {}
+    old = DataLoader(train_set, batch_size=batch, sampler=DistributedSampler(
+        train_set, num_replicas=1, rank=0, shuffle=True, seed=0))
+    out["DataLoader, per-item Dataset (before)"] = best_rate(drain(old), n, trials=1)
+    t0 = time.perf_counter()
+    mem = batches(train_set, batch)
+    out["_load_s"] = time.perf_counter() - t0
+    out["batches, in memory"] = best_rate(drain(mem), n)
+    # a budget of 1/8 of the split: streams blocks of one chunk through a cache
+    stream = batches(train_set, batch, memory_mb=n * train_set.item_bytes / 8 / 2**20)
+    assert not stream.in_memory
+    out["batches, streaming slabs"] = best_rate(drain(stream), n)
+
+    import logging
+
+    import ray.data
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    x, T, per_row = mem.source.x.numpy(), train_set.T, train_set.n
+    rds = ray.data.range(n).map_batches(
+        lambda b: {"x": x[b["id"]], "T": T[b["id"] // per_row]}).materialize()
+
+    def ray_epoch():
+        for b in rds.iter_torch_batches(batch_size=batch, local_shuffle_buffer_size=4 * batch,
+                                        dtypes=torch.float32):
+            pass
+    out["Ray Data, iter_torch_batches (materialized)"] = best_rate(ray_epoch, n, trials=2)
+    del rds
+    return out
+
+
+# ---------------------------------------------------------------------------------- 2. bare
+def bare_rate(train_set, model_cfg: dict, L: int, batch: int, lr: float,
+              compile_model: bool = False) -> dict:
+    """train_epoch over in-memory batches, 1 thread: samples/s (best of 3 passes over at least
+    ~2 s of batches) and, compiled, the compile time of the first pass."""
+    import torch
+
+    from ising_dist.data import batches
+    from ising_dist.models import ModelConfig, build_model, train_epoch
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict({**model_cfg, "L": L}))
+    opts = model.configure_optimizers(lr)
+    data = list(batches(train_set, batch))
+    out = {}
+    if compile_model:
+        from ising_dist.train import compile_model as compile_in_place
+        compile_in_place(model)
+        t0 = time.perf_counter()
+        train_epoch(model, data[:2], opts, "cpu")
+        out["compile_s"] = time.perf_counter() - t0
+    train_epoch(model, data[:3], opts, "cpu")              # warm-up
+    t0 = time.perf_counter()
+    train_epoch(model, data[:10], opts, "cpu")
+    per_batch = (time.perf_counter() - t0) / 10
+    k = max(10, min(len(data), int(2.0 / per_batch)))
+    out["samples_per_s"] = best_rate(lambda: train_epoch(model, data[:k], opts, "cpu"),
+                                     sum(len(x) for x, _ in data[:k]))
+    return out
+
+
+# ---------------------------------------------------------------------------------- 3. Ray
+class RayCPU:
+    """CPU seconds used by this process's descendants (the local Ray instance), by process
+    name and split into Ray Train workers and the rest: GCS, raylet, dashboard, agents, the
+    Train controller and helper actors, idle workers, and this driver.
+
+    ``whole``: over the whole run (start-up and teardown included); ``epochs``: between the
+    first and the last row of ``run_dir``/metrics.csv, i.e. while the workers train (epochs
+    2…N with their validation and checkpoints). Polls every PERIOD; a process that exits
+    between polls loses at most its last PERIOD of CPU."""
+
+    def __init__(self, run_dir: Path):
+        from ray._private import utils  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+        import psutil
+        self.psutil, self.metrics = psutil, Path(run_dir) / "metrics.csv"
+        self.me = psutil.Process()
+        self.first, self.last, self.kind, self.name = {}, {}, {}, {}
+        self.marks: dict[int, tuple] = {}       # metrics rows → (time, totals) when first seen
+        self.stop_event = threading.Event()
+
+    PERIOD = 0.5   # s between polls (each costs ~10 ms of this process's CPU)
+
+    def _poll(self):
+        for p in [self.me] + self.me.children(recursive=True):
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    # a worker renames itself from ray::IDLE to ray::<actor class> once it
+                    # holds an actor: read until then
+                    if self.name.get(p.pid, "ray::IDLE") == "ray::IDLE" \
+                            or not self.name[p.pid].startswith("ray::"):
+                        self._name(p, p.cmdline() or [p.name()])
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                continue
+            self.first.setdefault(p.pid, t.user + t.system)
+            self.last[p.pid] = t.user + t.system
+        rows = self.metrics.read_text().count("\n") - 1 if self.metrics.exists() else 0
+        if rows >= 1 and rows not in self.marks:
+            self.marks[rows] = (time.perf_counter(), self._totals(), dict(self.last))
+
+    def _name(self, p, cmd: list[str]) -> None:
+        name = cmd[0]
+        if "python" in name:   # a Ray daemon script: name it by its file
+            name = next((Path(a).name for a in cmd[1:] if a.endswith(".py")), name)
+        self.name[p.pid] = Path(name).name
+        self.kind[p.pid] = "workers" if "RayTrainWorker" in name else "ray"
+
+    def _totals(self) -> dict[str, float]:
+        out = {"workers": 0.0, "ray": 0.0}
+        for pid, used in self.last.items():
+            out[self.kind[pid]] += used - (self.first[pid] if pid in self.born_before else 0.0)
+        return out
+
+    def _loop(self):
+        while not self.stop_event.wait(self.PERIOD):
+            self._poll()
+
+    def __enter__(self):
+        self.born_before = set()
+        self._poll()
+        self.born_before = set(self.last)  # alive now: count from now; newer ones from 0
+        self.first = dict(self.last)
+        self.t0 = time.perf_counter()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        self.thread.join()
+        self._poll()
+        wall = time.perf_counter() - self.t0
+        self.whole = {k: v / wall for k, v in self._totals().items()}   # cores
+        self.by_name: dict[str, float] = {}
+        for pid, used in self.last.items():
+            start = self.first[pid] if pid in self.born_before else 0.0
+            self.by_name[self.name[pid]] = self.by_name.get(self.name[pid], 0.0) + used - start
+        self.epochs, self.epochs_by_name, self.cpu_per_epoch = None, {}, None
+        if len(self.marks) >= 2:
+            (t1, c1, p1), (t2, c2, p2) = self.marks[min(self.marks)], self.marks[max(self.marks)]
+            self.epochs = {k: (c2[k] - c1[k]) / (t2 - t1) for k in c1}               # cores
+            n = max(self.marks) - min(self.marks)
+            self.cpu_per_epoch = {k: (c2[k] - c1[k]) / n for k in c1}           # CPU seconds
+            for pid, used in p2.items():
+                name = self.name[pid]
+                self.epochs_by_name[name] = (self.epochs_by_name.get(name, 0.0)
+                                             + (used - p1.get(pid, 0.0)) / (t2 - t1))
+
+
+def train_cfg(data, out, model, workers, epochs, batch, lr):
     from ising_dist import config as cfgmod
     from ising_dist.train import TrainConfig
     return cfgmod.from_dict(TrainConfig, {
         "name": "bench", "data": str(data), "out": str(out), "model": model, "epochs": epochs,
-        "batch_size": batch, "lr": 1.0e-3, "workers": workers, "progress": False,
+        "batch_size": batch, "lr": lr, "workers": workers, "progress": False,
         "max_failures": 0})
 
 
 def throughput(run_dir) -> float:
+    """Median samples/s of a run's epochs after the first (the first pays warm-up)."""
     from ising_dist.train import read_metrics
     rows = read_metrics(run_dir)
     return statistics.median(r["samples_per_s"] for r in rows[1:] or rows)
 
 
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="PT file (default: make one)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch", type=int, default=256, help="global batch size")
-    p.add_argument("--quick", action="store_true", help="2 epochs, MLP only")
+    p.add_argument("--data", help="PT file (default: make a small one)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of each train run (≥ 2)")
+    p.add_argument("--batch", type=int, default=128, help="global batch size")
+    p.add_argument("--repeats", type=int, default=2, help="train runs per worker count")
+    p.add_argument("--models", help="comma-separated subset of: " + ", ".join(
+        available_models()))
+    p.add_argument("--compile", action="store_true", help="also time torch.compile bare")
+    p.add_argument("--skip-train", action="store_true", help="sections 1 and 2 only")
+    p.add_argument("--tune", action="store_true", help="also time one Tune trial of the "
+                                                        "first model against a plain run")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    from ising_dist import train, tune
-    from ising_dist import config as cfgmod
+    models = available_models()
+    if args.models:
+        unknown = [m for m in args.models.split(",") if m not in models]
+        if unknown:
+            p.error(f"--models {','.join(unknown)}: not one of {', '.join(models)}")
+        models = {m: models[m] for m in args.models.split(",")}
+    if args.epochs < 2:
+        p.error(f"--epochs {args.epochs}: need ≥ 2 (the first epoch is not timed)")
+    import torch
+    torch.set_num_threads(1)
+    from ising_dist import train
+    from ising_dist.data import make_datasets
+    from ising_dist.models import ModelConfig
 
-    epochs = 2 if args.quick else args.epochs
-    models = dict(list(MODELS.items())[:1]) if args.quick else MODELS
-    results = {"cpus": os.cpu_count(), "epochs": epochs, "batch": args.batch, "models": {}}
+    lr = 1.0e-3
+    results = {"cpus": os.cpu_count(), "epochs": args.epochs, "batch": args.batch,
+               "data": {}, "models": {}}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp = Path(tmp)
         data = Path(args.data).absolute() if args.data else make_data(tmp)
+        sets, fp = make_datasets(data)
+        train_set = sets["train"]
         t0 = time.perf_counter()
         train.ensure_ray()
-        results["ray_init_s"] = time.perf_counter() - t0
-        print(f"data {data}; Ray started in {results['ray_init_s']:.1f} s; {epochs} epochs, "
-              f"global batch {args.batch}, {os.cpu_count()} CPUs", flush=True)
-        print(f"{'model':18} {'workers':>7} {'samples/s':>10} {'run wall s':>10}", flush=True)
-        for name, model in models.items():
-            row = {}
-            for w in (1, 2):
-                out = tmp / f"{name.split()[0]}-{w}"
-                t0 = time.perf_counter()
-                train.run(train_cfg(data, out, model, w, epochs, args.batch))
-                wall = time.perf_counter() - t0
-                row[w] = {"samples_per_s": throughput(out), "wall_s": wall}
-                print(f"{name:18} {w:7d} {row[w]['samples_per_s']:10.0f} {wall:10.1f}",
-                      flush=True)
-            row["scaling_2_over_1"] = row[2]["samples_per_s"] / row[1]["samples_per_s"]
-            print(f"{name:18} scaling 2 workers / 1 worker: {row['scaling_2_over_1']:.2f}x",
-                  flush=True)
-            results["models"][name] = row
+        print(f"data {data}: {len(train_set)} train samples, L={fp['L']}; Ray started in "
+              f"{time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs; global batch "
+              f"{args.batch}; load average {load()}", flush=True)
 
-        # one Tune trial: the first model, 1 worker, as a 1×1 grid, against the same plain
-        # run measured right before it (the first runs above also pay Ray's warm-up)
-        name, model = next(iter(models.items()))
-        t0 = time.perf_counter()
-        train.run(train_cfg(data, tmp / "plain", model, 1, epochs, args.batch))
-        plain = time.perf_counter() - t0
-        preset = tmp / "trial.yaml"
-        preset.write_text(cfgmod.to_yaml(train_cfg(data, tmp / "unused", model, 1, epochs,
-                                                   args.batch)))
-        search = cfgmod.from_dict(tune.SearchConfig, {
-            "name": "bench", "train": str(preset), "out": str(tmp / "tune"),
-            "latent_dims": [model["latent_dim"]], "kl_weights": [1.0]})
-        t0 = time.perf_counter()
-        summary = tune.run(search)
-        tune_wall = time.perf_counter() - t0
-        with open(Path(summary["rows"][0]["trial_dir"]) / "result.json") as fh:
-            last = [json.loads(line) for line in fh if line.strip()][-1]
-        results["tune"] = {"search_wall_s": tune_wall, "trial_time_total_s":
-                           last["time_total_s"], "plain_run_wall_s": plain}
-        print(f"one Tune trial ({name}, 1 worker, {epochs} epochs): trial "
-              f"{last['time_total_s']:.1f} s, whole search {tune_wall:.1f} s, vs the same train.run without Tune "
-              f"{plain:.1f} s ({tune_wall / plain:.2f}x)", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        print("\n1. data path alone (1 thread, no model)", flush=True)
+        rates = data_rates(train_set, args.batch)
+        results["data"] = rates
+        base = rates["DataLoader, per-item Dataset (before)"]
+        print(f"   (loading the split into memory took {rates.pop('_load_s'):.2f} s)")
+        for name, r in rates.items():
+            print(f"   {name:45} {r:12.0f} samples/s {r / base:8.1f}x", flush=True)
+
+        print(f"\n2. bare torch, 1 thread, batch {args.batch} (load average {load()})")
+        for name, model in models.items():
+            row = results["models"].setdefault(name, {})
+            row["bare"] = bare_rate(train_set, model, fp["L"], args.batch, lr)["samples_per_s"]
+            line = f"   {name:18} {row['bare']:9.0f} samples/s"
+            if args.compile and ModelConfig.from_dict({**model, "L": fp["L"]}).adversarial:
+                line += "   compiled: n/a (double backward)"
+            elif args.compile:
+                c = bare_rate(train_set, model, fp["L"], args.batch, lr, compile_model=True)
+                row["compiled"], row["compile_s"] = c["samples_per_s"], c["compile_s"]
+                line += (f"   compiled {c['samples_per_s']:9.0f} ({c['samples_per_s'] / row['bare']:.2f}x"
+                         f", compile {c['compile_s']:.0f} s)")
+            print(line, flush=True)
+        if args.skip_train:
+            return _finish(results, args.json)
+
+        print(f"\n3. ising_dist.train, {args.epochs} epochs a run, runs interleaved, best of "
+              f"{args.repeats} (median epoch after the first)", flush=True)
+        print(f"   {'model':10} {'bare':>7} {'1 worker':>9} {'2 workers':>9} {'1w/bare':>7} "
+              f"{'2w/1w':>6} {'2w/1w by CPU':>12} {'Ray CPU cores 1w / 2w':>22}  load",
+              flush=True)
+        for name, model in models.items():
+            row = results["models"][name]
+            runs, ray_cores, worker_cpu = {1: [], 2: []}, {1: [], 2: []}, {1: [], 2: []}
+            for rep in range(args.repeats):
+                # bare torch again next to the runs it is compared with: best of all
+                row["bare"] = max(row["bare"], bare_rate(train_set, model, fp["L"], args.batch,
+                                                         lr)["samples_per_s"])
+                for w in (1, 2):
+                    out = tmp / f"{name}-{w}-{rep}"
+                    with RayCPU(out) as mon:
+                        train.run(train_cfg(data, out, model, w, args.epochs, args.batch, lr))
+                    runs[w].append(throughput(out))
+                    ray_cores[w].append(mon.epochs["ray"] if mon.epochs else float("nan"))
+                    worker_cpu[w].append(mon.cpu_per_epoch["workers"] if mon.epochs
+                                         else float("nan"))
+            for w in (1, 2):
+                row[f"workers_{w}"] = max(runs[w])
+                row[f"workers_{w}_all"] = runs[w]
+                row[f"ray_cores_{w}"] = statistics.median(ray_cores[w])
+                row[f"worker_cpu_s_per_epoch_{w}"] = min(worker_cpu[w])
+            # what 2 workers would give if each had a free core: 2 × CPU an epoch of 1 worker /
+            # CPU an epoch of both (ignores time a rank waits for the other; holds under load)
+            row["two_over_one_cpu"] = (2 * row["worker_cpu_s_per_epoch_1"]
+                                       / row["worker_cpu_s_per_epoch_2"])
+            row["one_over_bare"] = row["workers_1"] / row["bare"]
+            row["two_over_one"] = row["workers_2"] / row["workers_1"]
+            print(f"   {name:10} {row['bare']:7.0f} {row['workers_1']:9.0f} "
+                  f"{row['workers_2']:9.0f} {row['one_over_bare']:7.2f} "
+                  f"{row['two_over_one']:6.2f} {row['two_over_one_cpu']:12.2f} "
+                  f"{row['ray_cores_1']:13.2f} / {row['ray_cores_2']:.2f}      {load()}",
+                  flush=True)
+        print("\n   targets: 1w/bare ≥ 0.8 for every model; 2w/1w ≥ 1.6 for "
+              + " and ".join(SCALING_TARGETS))
+        if args.tune:
+            results["tune"] = tune_trial(tmp, data, next(iter(models.values())), args, lr)
+    return _finish(results, args.json)
+
+
+def tune_trial(tmp: Path, data: Path, model: dict, args, lr: float) -> dict:
+    """One Tune trial (a 1×1 grid, 1 worker) against the same train.run without Tune."""
+    from ising_dist import config as cfgmod
+    from ising_dist import train, tune
+    t0 = time.perf_counter()
+    train.run(train_cfg(data, tmp / "plain", model, 1, args.epochs, args.batch, lr))
+    plain = time.perf_counter() - t0
+    preset = tmp / "trial.yaml"
+    preset.write_text(cfgmod.to_yaml(train_cfg(data, tmp / "unused", model, 1, args.epochs,
+                                               args.batch, lr)))
+    search = cfgmod.from_dict(tune.SearchConfig, {
+        "name": "bench", "train": str(preset), "out": str(tmp / "tune"),
+        "latent_dims": [model.get("latent_dim", 2)], "kl_weights": [1.0]})
+    t0 = time.perf_counter()
+    tune.run(search)
+    wall = time.perf_counter() - t0
+    print(f"\n4. one Tune trial (1 worker, {args.epochs} epochs): whole search {wall:.1f} s vs "
+          f"the same train.run without Tune {plain:.1f} s ({wall / plain:.2f}x)", flush=True)
+    return {"search_wall_s": wall, "plain_run_wall_s": plain}
+
+
+def _finish(results: dict, path) -> int:
+    results["load_average"] = os.getloadavg()
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -13,7 +13,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ising_dist.data import DataError, complete_samples, make_datasets, split_bounds
+from torch.utils.data.distributed import DistributedSampler
+
+from ising_dist.data import (BatchSampler, DataError, batches, complete_samples, make_datasets,
+                             split_bounds)
 from ising_dist.store import RunWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,12 +104,24 @@ def test_live_file_counts_only_complete_samples_and_keeps_a_fixed_split(tmp_path
     L, R = 4, 2
     w = RunWriter.create(path, "L: 4\n", L, 1, [2.0, 3.0])
     rng = np.random.default_rng(0)
+    written = []
 
     def append(n, s0):
         for s in range(s0, s0 + n):
             spins = rng.choice(np.array([-1, 1], np.int8), size=(R, L, L))
+            written.append(spins)
             w.append(s, spins, np.zeros(R), np.zeros(R), np.arange(R, dtype=np.int32))
         w.flush()
+
+    def trained_on(train):
+        """Every (row, sample) a training epoch delivers, in memory and streamed by slabs."""
+        seen = []
+        for memory_mb in (1.0, 0.0):
+            loader = batches(train, 8, memory_mb=memory_mb, block=4, shuffle=False)
+            assert loader.in_memory == (memory_mb > 0)
+            seen.append((torch.cat([x for x, _ in loader]), torch.cat([T for _, T in loader])))
+        assert torch.equal(seen[0][0], seen[1][0]) and torch.equal(seen[0][1], seen[1][1])
+        return seen[0]
     try:
         append(40, 0)
         sets, fp = make_datasets(path, val_fraction=0.25, test_fraction=0.25)
@@ -118,6 +133,14 @@ def test_live_file_counts_only_complete_samples_and_keeps_a_fixed_split(tmp_path
         w.f.flush()
         with h5py.File(path, "r", swmr=True) as f:
             assert f["spins"].shape[1] == 43 and complete_samples(f) == 40
+        # a run started now trains on the 40 complete samples only: the split of make_datasets
+        # ends at 40 (the train split at 20), and the batches are exactly the written spins
+        live, live_fp = make_datasets(path, val_fraction=0.0, test_fraction=0.0)
+        assert live_fp["n_samples"] == 40
+        x, T = trained_on(live["train"])
+        expect = (np.stack(written[:40], axis=1) > 0).reshape(-1, L, L)   # [R·40, L, L]
+        np.testing.assert_array_equal(x.numpy(), expect)
+        np.testing.assert_array_equal(T.numpy(), np.repeat(np.float32([2.0, 3.0]), 40))
         w.truncate(40)
         append(40, 40)
         grown, fp2 = make_datasets(path, val_fraction=0.25, test_fraction=0.25)
@@ -127,8 +150,101 @@ def test_live_file_counts_only_complete_samples_and_keeps_a_fixed_split(tmp_path
         x_old = torch.stack([sets["test"][i][0] for i in range(len(sets["test"]))])
         x_new = torch.stack([again["test"][i][0] for i in range(len(again["test"]))])
         assert torch.equal(x_old, x_new)   # read while the writer still holds the file
+        # … and the datasets made before the file grew still deliver their 40 samples only
+        x, _ = trained_on(sets["train"])
+        np.testing.assert_array_equal(
+            x.numpy(), (np.stack(written[:20], axis=1) > 0).reshape(-1, L, L))
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("n, batch, world", [(1280, 64, 1), (1280, 32, 2), (1001, 50, 3),
+                                             (5, 4, 3)])
+def test_batch_sampler_gives_distributed_samplers_batches(n, batch, world):
+    """Same order, padding and sharding as DataLoader(DistributedSampler(drop_last=False)), so
+    training on whole-batch reads repeats what the per-item loader did, for every epoch."""
+    ds = torch.utils.data.TensorDataset(torch.arange(n))
+    for shuffle in (True, False):
+        for rank in range(world):
+            ref = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=7)
+            mine = BatchSampler(n, batch, rank, world, shuffle, seed=7)
+            for epoch in (0, 3):
+                ref.set_epoch(epoch)
+                mine.set_epoch(epoch)
+                expect = [b for (b,) in DataLoader(ds, batch_size=batch, sampler=ref)]
+                got = list(mine)
+                assert len(got) == len(mine) == len(expect)
+                for g, e in zip(got, expect):
+                    assert torch.equal(g, e)
+
+
+def test_in_memory_batches_are_the_stored_spins_in_sampler_order(pt_file):
+    spins, temps = stored(pt_file)
+    sets, fp = make_datasets(pt_file, temperatures=[temps[0], temps[2]], skip=30)
+    train = sets["train"]
+    a, b = fp["splits"]["train"]
+    assert (a, b) == (30, 326)
+    every_x = torch.from_numpy((spins[[0, 2], a:b] > 0).reshape(-1, 8, 8).astype(np.float32))
+    every_T = torch.from_numpy(np.repeat(temps[[0, 2]], b - a).astype(np.float32))
+    for rank in range(2):
+        loader = batches(train, 48, rank, 2, shuffle=True, seed=3)
+        order = BatchSampler(len(train), 48, rank, 2, shuffle=True, seed=3)
+        assert loader.in_memory
+        loader.set_epoch(2)
+        order.set_epoch(2)
+        got = list(loader)
+        assert len(got) == len(order) == 7          # 592 samples over 2 ranks, 48 a batch
+        for idx, (x, T) in zip(order, got):
+            assert x.dtype == torch.float32 and T.dtype == torch.float32
+            assert torch.equal(x, every_x[idx]) and torch.equal(T, every_T[idx])
+
+
+def test_streaming_gives_the_in_memory_batches_reading_each_slab_about_once(pt_file):
+    """A budget below the split's size streams blocks of 16 samples through a cache; with the
+    same shuffle window the batches equal the in-memory ones, for every rank and epoch, and
+    the windowed order reads each block about once an epoch."""
+    sets, _ = make_datasets(pt_file)
+    train = sets["train"]                               # 4 × 320 samples of 64 bytes
+    n_blocks = -(-len(train) // 16)                     # 80
+    for rank in range(2):
+        kw = dict(batch_size=40, rank=rank, world=2, seed=5, shuffle_window=128, block=16)
+        mem = batches(train, memory_mb=1.0, **kw)
+        stream = batches(train, memory_mb=len(train) * 64 / 4 / 2**20, **kw)  # a quarter
+        assert mem.in_memory and not stream.in_memory
+        assert stream.source.capacity < n_blocks
+        for epoch in range(3):
+            mem.set_epoch(epoch)
+            stream.set_epoch(epoch)
+            before = stream.source.blocks_read
+            pairs = list(zip(mem, stream, strict=True))
+            assert len(pairs) == 16
+            for (xm, Tm), (xs, Ts) in pairs:
+                assert torch.equal(xm, xs) and torch.equal(Tm, Ts)
+            assert n_blocks // 2 <= stream.source.blocks_read - before <= n_blocks + 2
+    # a window of one block: one batch spans five windows, more than the two the cache is
+    # sized for, and the cache holds one batch's blocks instead
+    kw = dict(batch_size=40, rank=1, world=2, seed=5, shuffle_window=16, block=16)
+    stream = batches(train, memory_mb=len(train) * 64 / 4 / 2**20, **kw)
+    assert not stream.in_memory and stream.source.capacity == 40
+    for (xm, Tm), (xs, Ts) in zip(batches(train, memory_mb=1.0, **kw), stream, strict=True):
+        assert torch.equal(xm, xs) and torch.equal(Tm, Ts)
+    # the windowed order is still a permutation of the whole split each epoch
+    seen = torch.cat([torch.cat(list(BatchSampler(len(train), 40, r, 2, True, 5, 128, 16)))
+                      for r in range(2)])
+    assert torch.equal(seen.sort().values, torch.arange(len(train)))
+    order = BatchSampler(len(train), 40, 0, 1, True, 5, 128, 16).order()
+    assert (order[:16].diff() != 1).any()     # samples, not just blocks, are shuffled
+    # unset, the window is the whole split in memory and half the cache when streaming
+    assert batches(train, 40).sampler.window is None
+    assert batches(train, 40, memory_mb=0.02, block=32).sampler.window == 160
+
+
+def test_a_streaming_window_that_does_not_fit_the_cache_is_refused(pt_file):
+    train = make_datasets(pt_file)[0]["train"]
+    with pytest.raises(DataError, match=r"shuffle_window=1000 .* lower shuffle_window to ≤ 163"):
+        batches(train, 40, memory_mb=0.02, shuffle_window=1000, block=32)
+    with pytest.raises(DataError, match=r"memory_mb=-1: must be ≥ 0"):
+        batches(train, 40, memory_mb=-1)
 
 
 def _foreign_hdf5(path):
