@@ -56,14 +56,25 @@ $(STAMP): pyproject.toml
 # sample -> train -> evaluate -> report, on the small embedded defaults (a few minutes on
 # 2 cores). It re-creates runs/demo/ each time: copy results you want to keep elsewhere.
 DEMO := runs/demo
+# The second half: an autoregressive model (exact ln q) as the proposal of neural MCMC at every
+# temperature of the demo ladder; its report compares the corrected observables with MCMC.
+DEMO_TEMPS = $(PY) -c "import h5py; print(','.join(repr(float(t)) for t in \
+  h5py.File('$(DEMO)/pt.h5', 'r')['temperatures'][()]))"
 demo: setup
-	rm -rf $(DEMO)/train $(DEMO)/report
+	rm -rf $(DEMO)/train $(DEMO)/report $(DEMO)/train-ar $(DEMO)/report-ar
 	NUMBA_NUM_THREADS=1 mpiexec -n 2 $(PY) -m ising_dist.pt --config configs/pt/demo.yaml \
 	  --out $(DEMO)/pt.h5 --overwrite
 	$(PY) -m ising_dist.train --config configs/train/demo.yaml --data $(DEMO)/pt.h5 \
 	  --out $(DEMO)/train --workers 2
 	$(PY) -m ising_dist.evaluate --data $(DEMO)/pt.h5 --model $(DEMO)/train --out $(DEMO)/report
+	$(PY) -m ising_dist.train --config configs/train/demo-ar.yaml --data $(DEMO)/pt.h5 \
+	  --out $(DEMO)/train-ar --workers 2
+	$(PY) -m ising_dist.nmcmc --model $(DEMO)/train-ar --temperatures "$$($(DEMO_TEMPS))" \
+	  --steps 4000 --out $(DEMO)/nmcmc.h5 --overwrite
+	$(PY) -m ising_dist.evaluate --data $(DEMO)/pt.h5 --model $(DEMO)/train-ar \
+	  --nmcmc $(DEMO)/nmcmc.h5 --out $(DEMO)/report-ar
 	@echo "report: $(CURDIR)/$(DEMO)/report/index.html"
+	@echo "report (autoregressive + neural MCMC): $(CURDIR)/$(DEMO)/report-ar/index.html"
 
 test: setup setup-parallel
 	ctest --test-dir build -L '^(c|mpi)$$' --output-on-failure

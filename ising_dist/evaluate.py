@@ -4,6 +4,7 @@
         [--temperatures T1,T2,… | --tmin A --tmax B] [--split heldout|val|test]
         [--prior fitted|aggregate|normal] [--mode bernoulli|sign] [--seed S]
         [--cost-sweeps N | --no-cost] [--no-pictures] [--tune results.csv]
+        [--nmcmc FILE | --nmcmc-steps N] [--nmcmc-k K]
     Several sizes: --data A.h5 B.h5 --model RUN_A RUN_B (paired) adds the finite-size trend of
     the latent Tc estimate (out/L<L>/ per pair, out/finite_size.json, out/index.html).
 
@@ -25,15 +26,26 @@ For every temperature T of the file (or the chosen subset), with N = L² spins:
   also        Z2 balance (fraction m > 0, generated and MCMC), memorization (fraction of
               generated configurations identical to a training configuration of any T; the same
               fraction for held-out MCMC is the baseline a perfect sampler would show), e / m /
-              |m| histograms, G(r) and the second-moment correlation length.
+              |m| histograms, G(r) and the second-moment correlation length, diversity
+              (fraction of distinct configurations, generated and MCMC, at the same count).
+verdicts      sentences for the failures a number hides (see :func:`verdicts`): biased (W1 more
+              than 3 noise floors), ignores T (flat across the ladder where MCMC is not),
+              collapse (few distinct configurations); printed, at the top of the report, and in
+              metrics.json ("verdicts", "verdict_statistics").
 latent        (models with an encoder) codes of the held-out configurations; see latent_analysis.
 cost          see cost_analysis: seconds per independent sample, generator vs Metropolis / Wolff
-              / the file's PT run, training time, break-even sample counts.
+              / the file's PT run, training time, break-even sample counts; raw samples that
+              fail the fidelity test are labelled biased, with no speed-up (neural_cost).
+nmcmc         models with a likelihood: the model as proposal of an exact MH chain (--nmcmc FILE
+              from python -m ising_dist.nmcmc, or --nmcmc-steps run here): acceptance, τ_int,
+              ESS/n, corrected observables against MCMC and exact, F against Kaufman, cost per
+              effective sample against Metropolis / Wolff (ising_dist.neural_cost).
 
 Outputs (out/): metrics.json (shape below), PNG pictures and index.html (ising_dist.report).
     {"L", "model": {config}, "per_temperature": [{"T", "mcmc": {"e": [mean, err], "abs_m",
      "C", "chi", "U4", …}, "generated": {…}, "w1_e", "w1_abs_m", "noise_floor": {"w1_e",
-     "w1_abs_m"}, "z", "z2", "memorization", "histograms", "G", …}], "fidelity",
+     "w1_abs_m"}, "z", "z2", "memorization", "diversity", "histograms", "G", …}], "fidelity",
+     "verdicts": [sentence, …], "verdict_statistics": {…},
      "latent": {"tc_estimate", "tc_error", "method", …}, "cost": {…}, …}
 Non-finite numbers are written as null. In-process use (ising_dist.tune): evaluate_model,
 physics_fidelity, score_trial; report.tune_heatmap draws the search's heatmap.
@@ -54,7 +66,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from . import engine, observables as obs
+from . import engine, neural_cost, observables as obs
 from .config import ConfigError
 from .data import DataError, inspect, select_rows, split_bounds
 from .exact import TC
@@ -70,6 +82,9 @@ BATCH = 2048            # generation / encoding batch
 N_BOOT = 400            # bootstrap replicates of the latent Tc estimate
 N_BLOCKS = 20           # contiguous blocks per T in that bootstrap
 T_MATCH = 1e-6
+BIAS_RATIO = 3.0        # verdicts: W1 above this many noise floors is "biased" (issue 11)
+FLAT_RATIO = 0.25       # … a T response below this fraction of MCMC's is "ignores T"
+COLLAPSE_RATIO = 0.5    # … a distinct fraction below this fraction of MCMC's is "collapse"
 
 
 # ============================================================================ loading
@@ -185,7 +200,8 @@ def generate(model, T: float, n: int, prior: str, codes=None, mode: Optional[str
     for i in range(0, n, BATCH):
         k = min(BATCH, n - i)
         if not has_encoder(model):
-            out.append(model.sample(k, T, mode=mode, generator=g).cpu())
+            x = model.sample(k, T, mode=mode, generator=g)
+            out.append((x[0] if isinstance(x, tuple) else x).cpu())   # exact models: (x, ln q)
             continue
         eps = torch.randn(k, model.cfg.latent_dim, generator=g, device=dev)
         if prior == "normal":
@@ -267,10 +283,18 @@ def config_hashes(spins: np.ndarray) -> np.ndarray:
     return h
 
 
+def distinct_fraction(spins: np.ndarray) -> float:
+    """Fraction of distinct configurations among ±1 configurations [n, L, L] (1: no repeats,
+    1/n: one configuration n times)."""
+    return float(len(np.unique(config_hashes(spins))) / max(1, len(spins)))
+
+
 def compare_temperature(T: float, L: int, mcmc_e, mcmc_m, mcmc_spins, gen_spins,
                         spacing: float = 1.0) -> dict:
     """One per_temperature entry (no memorization / timing): see the module doc."""
     N = L * L
+    k = min(len(gen_spins), len(mcmc_spins))            # diversity at the same count
+    even = np.linspace(0, len(mcmc_spins) - 1, k).round().astype(int)
     ge, gm = obs.energy_magnetization(gen_spins)
     mc = obs.thermo(mcmc_e, mcmc_m, T, L)
     gn = obs.thermo(ge, gm, T, L, iid=True)
@@ -294,6 +318,9 @@ def compare_temperature(T: float, L: int, mcmc_e, mcmc_m, mcmc_spins, gen_spins,
                        "abs_m": _histogram(np.abs(mcmc_m), np.abs(gm), 2.0 / N)},
         "G": {"r": r.tolist(), "mcmc": obs.correlation_function(mcmc_spins).tolist(),
               "generated": obs.correlation_function(gen_spins).tolist()},
+        "diversity": {"generated_distinct_fraction": distinct_fraction(gen_spins[:k]),
+                      "mcmc_distinct_fraction": distinct_fraction(mcmc_spins[even]),
+                      "n_compared": int(k)},
         "xi": {"mcmc": _finite(obs.correlation_length(mcmc_spins)),
                "generated": _finite(obs.correlation_length(gen_spins))},
     }
@@ -308,6 +335,77 @@ def physics_fidelity(metrics: dict) -> float:
         ratios += [p["w1_e_over_floor"], p["w1_abs_m_over_floor"]]
     ratios = [math.inf if r is None else r for r in ratios]
     return float(np.mean(ratios)) if ratios else math.nan
+
+
+def _spread(pts: list[dict], src: str, key: str) -> tuple[float, float]:
+    """(max − min over T of the mean of ``key``, the error of that difference)."""
+    means = np.array([p[src][key][0] for p in pts], float)
+    errs = np.array([p[src][key][1] for p in pts], float)
+    hi, lo = int(np.argmax(means)), int(np.argmin(means))
+    return float(means[hi] - means[lo]), float(math.hypot(errs[hi], errs[lo]))
+
+
+def verdicts(per_T: list[dict]) -> tuple[list[str], dict]:
+    """Sentences for the failures of a generator that the numbers alone hide (issue 11).
+
+    biased      at some T, W1 of e or |m| exceeds BIAS_RATIO (3) noise floors.
+    ignores T   the response to T: for o in {<e>, <|m|>}, (max − min over the ladder of the
+                generated mean) / (the same for MCMC); judged on the observables whose MCMC
+                spread exceeds 3 of its errors, from at least 2 temperatures. The largest
+                response below FLAT_RATIO (0.25) means flat across the ladder where MCMC is not.
+    collapse    at some T, the fraction of distinct configurations among the generated ones
+                is below COLLAPSE_RATIO (0.5) × the same fraction for as many held-out MCMC
+                configurations (evenly spaced in the series).
+    Returns (sentences, empty when nothing is wrong; statistics behind each verdict)."""
+    out: list[str] = []
+    stats: dict = {"bias_ratio": BIAS_RATIO, "flat_ratio": FLAT_RATIO,
+                   "collapse_ratio": COLLAPSE_RATIO}
+    if not per_T:
+        return out, stats
+
+    def ratio(p, key):
+        r = p[f"{key}_over_floor"]
+        return math.inf if r is None else r
+    worst = max(per_T, key=lambda p: max(ratio(p, "w1_e"), ratio(p, "w1_abs_m")))
+    biased = [p["T"] for p in per_T if max(ratio(p, "w1_e"), ratio(p, "w1_abs_m")) > BIAS_RATIO]
+    stats["biased"] = {"temperatures": biased, "worst_T": worst["T"],
+                       "worst_w1_e_over_floor": ratio(worst, "w1_e"),
+                       "worst_w1_abs_m_over_floor": ratio(worst, "w1_abs_m")}
+    if biased:
+        out.append(f"biased: at {len(biased)} of {len(per_T)} temperatures the generated e or "
+                   f"|m| distribution is more than {BIAS_RATIO:g}× the MCMC noise floor away "
+                   f"from MCMC (worst T={worst['T']:.4f}: W1(e) {ratio(worst, 'w1_e'):.3g}× "
+                   f"and W1(|m|) {ratio(worst, 'w1_abs_m'):.3g}× the floor).")
+
+    response = {}
+    for key, name in (("e", "<e>"), ("abs_m", "<|m|>")):
+        gen, _ = _spread(per_T, "generated", key)
+        mc, mc_err = _spread(per_T, "mcmc", key)
+        judged = len(per_T) >= 2 and mc > 3 * mc_err
+        response[key] = {"generated_spread": gen, "mcmc_spread": mc, "mcmc_spread_error": mc_err,
+                         "response": gen / mc if judged else None}
+    judged = [r["response"] for r in response.values() if r["response"] is not None]
+    stats["ignores_T"] = {**response, "max_response": max(judged) if judged else None}
+    if judged and max(judged) < FLAT_RATIO:
+        e, m = response["e"], response["abs_m"]
+        out.append(f"ignores T: from T={per_T[0]['T']:.4f} to {per_T[-1]['T']:.4f} the generated "
+                   f"<e> spans {e['generated_spread']:.3g} and <|m|> {m['generated_spread']:.3g}"
+                   f", where MCMC's span {e['mcmc_spread']:.3g} and {m['mcmc_spread']:.3g}: the "
+                   f"model responds to temperature with at most {100 * max(judged):.2g}% of the "
+                   f"physical change (below {100 * FLAT_RATIO:.0f}%).")
+
+    div = [(p["T"], p["diversity"]) for p in per_T]
+    low = [(T, d) for T, d in div if d["generated_distinct_fraction"]
+           < COLLAPSE_RATIO * d["mcmc_distinct_fraction"]]
+    stats["collapse"] = {"temperatures": [T for T, _ in low]}
+    if low:
+        T, d = min(low, key=lambda x: x[1]["generated_distinct_fraction"]
+                   / x[1]["mcmc_distinct_fraction"])
+        out.append(f"collapse: at {len(low)} of {len(per_T)} temperatures the generator repeats "
+                   f"itself (worst T={T:.4f}: {100 * d['generated_distinct_fraction']:.1f}% of "
+                   f"{d['n_compared']} generated configurations are distinct, against "
+                   f"{100 * d['mcmc_distinct_fraction']:.1f}% of as many MCMC ones).")
+    return out, stats
 
 
 # ============================================================================ latent space
@@ -583,8 +681,11 @@ def evaluate_model(model, data_path, n_samples: int = 2000, *, extra: Optional[d
                    latent: bool = True, cost: bool = False, cost_sweeps: int = 4000,
                    train_seconds: Optional[float] = None, train_seconds_source: str = "",
                    pictures: bool = False, out=None, loss_rows=None,
-                   progress: Optional[Callable[[str], None]] = None) -> dict:
+                   progress: Optional[Callable[[str], None]] = None, nmcmc_file=None,
+                   nmcmc_steps: int = 0, nmcmc_k: int = 4) -> dict:
     """The metrics dict (see the module doc) of ``model`` on the run file ``data_path``.
+    nmcmc_file (a file of python -m ising_dist.nmcmc) or nmcmc_steps > 0 (chains run here)
+    adds the "nmcmc" section (ising_dist.neural_cost.evaluate_nmcmc; k: VAE codes).
 
     model: a loaded model (ising_dist.models) or any object with .cfg.L and
     .sample(n, T, mode=, generator=); extra: its model file's extra (the training split).
@@ -690,6 +791,7 @@ def evaluate_model(model, data_path, n_samples: int = 2000, *, extra: Optional[d
         "exact_tc": float(TC), "per_temperature": per_T}
     metrics["fidelity"] = _finite(physics_fidelity(metrics))
     metrics["fidelity_definition"] = physics_fidelity.__doc__.split("(")[0].strip()
+    metrics["verdicts"], metrics["verdict_statistics"] = verdicts(per_T)
     latent_arts = None
     if latent and has_encoder(model) and len(rows) >= 3:
         say("latent space: encoding held-out configurations …")
@@ -712,8 +814,14 @@ def evaluate_model(model, data_path, n_samples: int = 2000, *, extra: Optional[d
         metrics["cost"] = cost_analysis(per_T, mc, train_seconds, train_seconds_source,
                                         file_alg)
         metrics["cost"]["torch_threads"] = torch.get_num_threads()
+        neural_cost.label_biased(metrics, BIAS_RATIO)   # wrong samples get no speed-up
     else:
+        mc = None
         metrics["cost"] = {"train_seconds": train_seconds, "note": "not measured"}
+    if nmcmc_file is not None or nmcmc_steps > 0:
+        metrics["nmcmc"] = neural_cost.evaluate_nmcmc(
+            model, metrics, nmcmc_file, nmcmc_steps, nmcmc_k, seed, mc, train_seconds,
+            progress=say)
     metrics["warnings"] = sorted(set(warns))
     metrics["seconds"] = time.perf_counter() - t_start
     if pictures:
@@ -801,6 +909,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cost-sweeps", type=int, default=4000, dest="cost_sweeps",
                    help="sweeps of the Metropolis / Wolff timing runs per temperature")
     p.add_argument("--no-cost", action="store_true", help="skip the cost measurements")
+    p.add_argument("--nmcmc", metavar="FILE",
+                   help="output of python -m ising_dist.nmcmc for this model: judge its chains")
+    p.add_argument("--nmcmc-steps", type=int, default=2000, dest="nmcmc_steps",
+                   help="without --nmcmc: neural MCMC proposals per T run here for models "
+                        "with a likelihood (default 2000; 0: none)")
+    p.add_argument("--nmcmc-k", type=int, default=4, dest="nmcmc_k",
+                   help="codes per proposal of the VAE pseudo-marginal estimate (default 4)")
     p.add_argument("--no-pictures", action="store_true", help="write metrics.json only")
     p.add_argument("--tune", help="results.csv of python -m ising_dist.tune: add its heatmap")
     return p.parse_args(argv)
@@ -821,6 +936,12 @@ def main(argv=None) -> int:
                                  f"--temperatures 2.0,2.27") from None
         if args.cost_sweeps < 100:
             raise ValueError(f"--cost-sweeps {args.cost_sweeps}: use at least 100")
+        if args.nmcmc is not None and not Path(args.nmcmc).is_file():
+            raise ValueError(f"--nmcmc {args.nmcmc!r} does not exist; give the file written "
+                             f"by `python -m ising_dist.nmcmc` for this model")
+        if args.nmcmc_steps < 0 or args.nmcmc_k < 1:
+            raise ValueError(f"--nmcmc-steps {args.nmcmc_steps} / --nmcmc-k {args.nmcmc_k}: "
+                             f"steps must be ≥ 0 (0: no neural MCMC), k ≥ 1")
         for d in args.data:
             if not Path(d).is_file():
                 raise ValueError(f"--data {d!r} does not exist; give the HDF5 file written by "
@@ -828,7 +949,8 @@ def main(argv=None) -> int:
         kw = dict(temperatures=temps, tmin=args.tmin, tmax=args.tmax, split=args.split,
                   prior=args.prior, mode=args.mode, seed=args.seed, cost=not args.no_cost,
                   cost_sweeps=args.cost_sweeps, pictures=not args.no_pictures,
-                  tune_results=args.tune)
+                  tune_results=args.tune, nmcmc_file=args.nmcmc,
+                  nmcmc_steps=0 if args.nmcmc else args.nmcmc_steps, nmcmc_k=args.nmcmc_k)
         out = Path(args.out)
         results = []
         for d, mp in zip(args.data, args.model):
@@ -840,6 +962,9 @@ def main(argv=None) -> int:
             results.append(m)
             print(f"report: {(sub / ('index.html' if kw['pictures'] else 'metrics.json'))}"
                   f"  (physics fidelity {m['fidelity']})", flush=True)
+            print("\n".join(f"verdict: {v}" for v in m["verdicts"]) or
+                  f"verdict: no bias, T-dependence or diversity problem found (W1 within "
+                  f"{BIAS_RATIO:g} noise floors at every T)", flush=True)
         if len(results) > 1:
             fss = finite_size(results)
             write_metrics(out / "finite_size.json", fss)

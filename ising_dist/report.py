@@ -437,6 +437,9 @@ def draw_all(out: Path, metrics: dict, model, arts: dict, latent_arts: Optional[
             names.append(name)
     if "per_temperature" in metrics.get("cost", {}):
         names.append(cost(out, metrics))
+    if "per_temperature" in metrics.get("nmcmc", {}):
+        from .neural_cost import plot
+        names.append(plot(out, metrics["nmcmc"]))
     return names
 
 
@@ -532,6 +535,13 @@ def write_html(out: Path, metrics: dict) -> str:
     pts = metrics["per_temperature"]
     p = []
     p.append(f"<h1>Evaluation: {html.escape(str(metrics['family']))} on L={metrics['L']}</h1>")
+    # the verdicts first: words for what the numbers below show (evaluate.verdicts)
+    if metrics.get("verdicts"):
+        p.append("<div class='verdict'>" + "".join(
+            f"<p class='bad'>{html.escape(v)}</p>" for v in metrics["verdicts"]) + "</div>")
+    elif "verdicts" in metrics:
+        p.append("<p class='verdict'>No bias, T-dependence or diversity problem found: W1 "
+                 "within 3 noise floors at every T.</p>")
     p.append(f"<p>data <code>{html.escape(metrics['data'])}</code><br>model <code>"
              f"{html.escape(str(metrics.get('model_path', '')))}</code><br>MCMC reference: "
              f"{metrics['split']['evaluated']} samples {metrics['split']['range']} "
@@ -586,8 +596,10 @@ def write_html(out: Path, metrics: dict) -> str:
                  _taus(r["metropolis"]), _fmt(r["wolff"]["s_per_independent"], 3),
                  _taus(r["wolff"]),
                  _fmt(r.get("pt_file", {}).get("s_per_independent"), 3),
-                 r["best_mcmc"], _fmt(r["speedup_vs_best_mcmc"], 3),
-                 "never" if r["break_even_samples"] is None else f"{r['break_even_samples']:.3g}"]
+                 r["best_mcmc"], "<span class='bad'>biased</span>" if r.get("biased")
+                 else _fmt(r["speedup_vs_best_mcmc"], 3),
+                 "—" if r.get("biased") else "never" if r["break_even_samples"] is None
+                 else f"{r['break_even_samples']:.3g}"]
                 for r in c["per_temperature"]]
         p.append(_table(["T", "generator s/sample", "Metropolis s/indep.", "τ e/|m| (sweeps)",
                          "Wolff s/indep.", "τ e/|m| (sweeps)", "PT file s/indep.", "best MCMC",
@@ -603,6 +615,9 @@ def write_html(out: Path, metrics: dict) -> str:
                  f"fidelity above; MCMC's are exact.</p>")
     else:
         p.append("<p>not measured (--no-cost)</p>")
+    if "nmcmc" in metrics:
+        from .neural_cost import html_section
+        p.append(html_section(metrics["nmcmc"]))
     if metrics.get("warnings"):
         p.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li>{html.escape(w)}</li>" for w in metrics["warnings"][:30]) + "</ul>")

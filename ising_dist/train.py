@@ -17,6 +17,10 @@ The run directory (--out, default runs/train/<name>) holds:
                          run restarted from); the newest keep_checkpoints are kept
     model.pt             the final model: ``ising_dist.models.load_model`` /
                          ``torch.load(weights_only=True)``, no pickled code
+A model with ``objective: variational`` (VAN, family autoregressive) reads no data: --data is
+optional and ignored, model.L sets the lattice, each epoch is model.van_steps gradient steps on
+samples each worker draws from the model itself, and the loss printed is F_q per spin (an
+upper bound of the exact free energy per spin at model.temperature) ± its standard error.
 Resuming (``--resume``) continues from the newest checkpoint; a worker that dies mid-run is
 restarted by Ray (``max_failures``) from the newest checkpoint too. Every epoch reseeds from
 (seed, epoch, rank) and shuffles with DistributedSampler(seed, epoch), so a resumed run
@@ -41,9 +45,10 @@ import torch
 
 from . import config as cfgmod
 from .config import ConfigError
-from .data import DataError, make_datasets, same_data
+from .runlock import RunLock, RunLockedError
+from .data import MEMORY_MB, DataError, batches, make_datasets, same_data
 from .models import ModelConfig, build_model, evaluate_epoch, save_model, train_epoch
-from .models.loop import unwrap
+from .models.loop import evaluate_variational, train_variational_epoch, unwrap
 
 STATE_FORMAT = "ising_dist.train_state"
 STATE_VERSION = 1
@@ -62,12 +67,21 @@ class TrainConfig:
     tmin, tmax       … or on the range tmin ≤ T ≤ tmax
     skip             samples per temperature dropped at the start (burn-in)
     val_fraction, test_fraction   time-ordered split (see ising_dist.data)
+    data_memory_mb   MiB of spins (1 byte each) a worker holds per split: a split up to this
+                     size is read into memory, a larger one streams in slabs through a cache
+                     of this size (ising_dist.data.batches)
+    shuffle_window   samples shuffled together (default: the whole split in memory, half the
+                     cache when streaming); the batches depend on it, not on memory vs stream
     model            a ModelConfig mapping (L is taken from the data when left out)
     workers          Ray Train workers (DDP ranks); gpus per worker (0: CPU, gloo)
     cpus_per_worker  CPUs Ray reserves per worker; threads: torch threads per worker
                      (default: cpus_per_worker rounded down, at least 1)
     max_failures     worker failures Ray recovers from (restarting from the last checkpoint)
     keep_checkpoints newest checkpoints kept in the run directory
+    compile          torch.compile the model on every worker (not GANs: their gradient
+                     penalty needs double backward, which compiled autograd lacks). Pays in
+                     long runs: ×2.8 on the conv VAE after ~20 s of compiling, ×1.3 on the MLP
+                     VAE after ~30 s (benchmarks/training.py --compile; needs a C++ compiler)
     chaos_kill_epoch fault drill: the last rank SIGKILLs itself once, in the epoch after
                      this one's checkpoint, to exercise recovery (leave unset in real runs)
     """
@@ -80,6 +94,8 @@ class TrainConfig:
     skip: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    data_memory_mb: float = MEMORY_MB
+    shuffle_window: Optional[int] = None
     model: dict = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 128
@@ -92,6 +108,7 @@ class TrainConfig:
     max_failures: int = 2
     keep_checkpoints: int = 2
     progress: bool = True
+    compile: bool = False
     chaos_kill_epoch: Optional[int] = None
 
     def validate(self) -> None:
@@ -100,8 +117,9 @@ class TrainConfig:
                 raise ConfigError(msg)
         need(bool(self.name) and "/" not in self.name,
              f"name={self.name!r}: give a plain run name (e.g. demo)")
-        need(bool(self.data), "data is empty: give the HDF5 file of `python -m ising_dist.pt`, "
-                              "e.g. --data runs/demo/pt.h5")
+        need(bool(self.data) or self.variational,
+             "data is empty: give the HDF5 file of `python -m ising_dist.pt`, "
+             "e.g. --data runs/demo/pt.h5")
         for key in ("epochs", "batch_size", "workers"):
             need(getattr(self, key) >= 1, f"{key}={getattr(self, key)}: must be ≥ 1")
         need(self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints}: must be ≥ 1 "
@@ -116,6 +134,10 @@ class TrainConfig:
         need(self.chaos_kill_epoch is None or self.chaos_kill_epoch >= 1,
              f"chaos_kill_epoch={self.chaos_kill_epoch}: must be ≥ 1 (or unset)")
         need(self.skip >= 0, f"skip={self.skip}: must be ≥ 0")
+        need(self.data_memory_mb >= 0, f"data_memory_mb={self.data_memory_mb}: must be ≥ 0 "
+                                       f"(MiB of spins a worker holds in memory, e.g. 1024)")
+        need(self.shuffle_window is None or self.shuffle_window >= 1,
+             f"shuffle_window={self.shuffle_window}: must be ≥ 1 sample (or unset)")
         need(self.batch_size >= self.workers,
              f"batch_size={self.batch_size} < workers={self.workers}: the global batch is split "
              f"over the workers; use batch_size ≥ {self.workers}")
@@ -130,7 +152,10 @@ class TrainConfig:
         need(isinstance(self.model, dict),
              f"model={self.model!r}: expected a mapping of model settings, e.g. "
              f"model: {{family: vae, latent_dim: 2}}")
-        self.model_config(self.model.get("L", 16))
+        model = self.model_config(self.model.get("L", 16))
+        need(not (self.compile and model.adversarial),
+             f"compile=true with family {model.family!r}: the gradient penalty / GAN steps "
+             f"need double backward, which torch.compile does not support; use compile: false")
 
     def model_config(self, L: int) -> ModelConfig:
         """The ModelConfig for lattice side L (an explicit model.L must agree with it)."""
@@ -142,6 +167,11 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/train/{self.name}").absolute()
+
+    @property
+    def variational(self) -> bool:
+        """True for objective "variational" (VAN): trained on its own samples, no data."""
+        return isinstance(self.model, dict) and self.model.get("objective") == "variational"
 
     @property
     def threads_per_worker(self) -> int:
@@ -215,12 +245,39 @@ def _all_mean(terms: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, (t.cpu() / dist.get_world_size()).tolist()))
 
 
-def _loader(ds, batch, rank, world, shuffle, seed):
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=False)
-    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=0), sampler
+def _loader(ds, cfg: TrainConfig, batch: int, rank: int, world: int, shuffle: bool):
+    """This rank's batches of ds as whole tensors (DistributedSampler's order and shards;
+    held in memory or streamed in slabs by size, see ising_dist.data.batches)."""
+    return batches(ds, batch, rank, world, shuffle, cfg.seed, cfg.data_memory_mb,
+                   cfg.shuffle_window)
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile ``model`` in place (same module, same state_dict keys; compiles on its
+    first call). Random draws (VAE noise) stay eager's (inductor's fallback_random), so a
+    compiled run follows the eager one to float rounding."""
+    import torch._inductor.config
+    torch._inductor.config.fallback_random = True
+    model.compile()
+    return model
+
+
+def ddp_options(model: torch.nn.Module, gpus: float) -> dict:
+    """DistributedDataParallel settings (see benchmarks/training.py for the figures).
+
+    On CPU (gloo) all gradients go in one bucket, one all-reduce a step: each rank has one
+    thread and no idle core to overlap smaller buckets with backward, and every collective
+    costs a round trip (measured: 0.1 MB buckets cost more CPU a sample than one bucket).
+    Buffers are not broadcast before each forward (forward_sync_buffers=False): every rank
+    builds the same model from the same seed or checkpoint, and the only buffers (a VAE's
+    fitted prior) change after training. GANs need find_unused_parameters (models/loop.py)."""
+    grad_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    opts = {"forward_sync_buffers": False}
+    if gpus == 0:
+        opts["bucket_cap_mb"] = max(1.0, grad_mb)
+    if model.cfg.adversarial:
+        opts["find_unused_parameters"] = True
+    return opts
 
 
 def say(message: str) -> None:
@@ -232,6 +289,12 @@ def say(message: str) -> None:
 
 
 def _progress(epoch: int, total: int, m: dict) -> str:
+    if "val_free_energy" in m:   # VAN: F_q per spin, an upper bound of the exact F
+        return (f"epoch {epoch}/{total}  F_q/N train {m['train_free_energy']:.5f} ± "
+                f"{m['train_free_energy_err']:.5f}  val {m['val_free_energy']:.5f} ± "
+                f"{m['val_free_energy_err']:.5f}  (β {m['train_beta']:.4g})  "
+                f"{m['samples_per_s']:.0f} samples/s  {m['epoch_time_s']:.1f} s")
+
     def terms(prefix):
         keys = [k for k in ("recon", "kl", "total") if f"{prefix}{k}" in m]
         if not keys:   # GANs: critic_/gen_ totals
@@ -269,10 +332,13 @@ def train_loop(loop: dict) -> None:
     device = ray.train.torch.get_device()
 
     fp = loop["data"]
-    sets, fp_here = make_datasets(cfg.data, cfg.temperatures, cfg.tmin, cfg.tmax,
-                                  cfg.val_fraction, cfg.test_fraction, cfg.skip,
-                                  n_samples=fp["n_samples"])
-    if same_data(fp, fp_here):
+    if cfg.variational:   # VAN: no data, each rank samples the model (see the epoch loop)
+        sets = fp_here = None
+    else:
+        sets, fp_here = make_datasets(cfg.data, cfg.temperatures, cfg.tmin, cfg.tmax,
+                                      cfg.val_fraction, cfg.test_fraction, cfg.skip,
+                                      n_samples=fp["n_samples"])
+    if fp_here is not None and same_data(fp, fp_here):
         raise DataError(f"{cfg.data} changed under the run: {same_data(fp, fp_here)} differ")
 
     torch.manual_seed(cfg.seed)               # identical initial weights on every rank
@@ -296,36 +362,50 @@ def train_loop(loop: dict) -> None:
         if hasattr(model, "critic_steps"):
             model.critic_steps = int(state.get("critic_steps", 0))
 
-    ddp_kwargs = {"find_unused_parameters": True} if model.cfg.adversarial else None
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
+    if cfg.compile:
+        compile_model(model)
+    model = ray.train.torch.prepare_model(model,
+                                          parallel_strategy_kwargs=ddp_options(model, cfg.gpus))
     optimizers = unwrap(model).configure_optimizers(cfg.lr)
     if state is not None:
         for opt, sd in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(sd)
 
     per_rank = max(1, cfg.batch_size // world)
-    train_dl, train_sampler = _loader(sets["train"], per_rank, rank, world, True, cfg.seed)
-    val_dl, _ = _loader(sets["val"], per_rank, rank, world, False, cfg.seed)
+    if not cfg.variational:
+        train_dl = _loader(sets["train"], cfg, per_rank, rank, world, shuffle=True)
+        val_dl = _loader(sets["val"], cfg, per_rank, rank, world, shuffle=False)
     if rank == 0:
         rows = [r for r in read_metrics(run_dir) if r["epoch"] <= start]
         _write_metrics(run_dir, rows)     # drop epochs past the checkpoint we resume from
         if cfg.progress:
             how = f"resuming after epoch {start}" if start else "starting"
-            say(f"{how}: {len(sets['train'])} train / {len(sets['val'])} val samples, "
+            mc = unwrap(model).cfg
+            say(f"{how}: variational (VAN) at T={mc.temperature}, {mc.van_steps} steps × "
+                f"{mc.van_batch} samples per epoch, {world} worker(s), device {device}"
+                if cfg.variational else
+                f"{how}: {len(sets['train'])} train / {len(sets['val'])} val samples, "
                 f"{world} worker(s), batch {per_rank}×{world}, device {device}")
 
     for epoch in range(start, cfg.epochs):
         if cfg.chaos_kill_epoch == epoch and rank == world - 1:
             _chaos_kill(run_dir, epoch)
-        train_sampler.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)  # VAE noise, per epoch
         t0 = time.perf_counter()
-        tr = train_epoch(model, train_dl, optimizers, device)
-        dt = time.perf_counter() - t0
-        va = evaluate_epoch(model, val_dl, device)
+        if cfg.variational:   # every rank draws its own samples (seeded by rank above)
+            tr = train_variational_epoch(model, optimizers, epoch, device)
+            dt = time.perf_counter() - t0
+            va = evaluate_variational(model, device)
+            n_seen = unwrap(model).cfg.van_steps * unwrap(model).cfg.van_batch
+        else:
+            train_dl.set_epoch(epoch)
+            tr = train_epoch(model, train_dl, optimizers, device)
+            dt = time.perf_counter() - t0
+            va = evaluate_epoch(model, val_dl, device)
+            n_seen = len(sets["train"])
         metrics = {f"train_{k}": v for k, v in _all_mean(tr).items()}
         metrics.update({f"val_{k}": v for k, v in _all_mean(va).items()})
-        metrics.update(epoch=epoch + 1, epoch_time_s=dt, samples_per_s=len(sets["train"]) / dt)
+        metrics.update(epoch=epoch + 1, epoch_time_s=dt, samples_per_s=n_seen / dt)
 
         tmp = None
         checkpoint = None
@@ -361,8 +441,12 @@ def ensure_ray(num_cpus: Optional[int] = None) -> str:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return "cluster"
-    # the dashboard serves the state API that Ray Train's placement-group cleaner polls
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, log_to_driver=True)
+    # the dashboard serves the state API that Ray Train's placement-group cleaner polls.
+    # Ray starts its workers at nice 15 so that its daemons stay responsive; here the workers
+    # are the job: at nice 15 every burst of the GCS, raylet, dashboard or log monitor (nice 0),
+    # or of any other program, preempts a DDP rank and stalls its peers at the next all-reduce.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, log_to_driver=True,
+             runtime_env={"env_vars": {"RAY_worker_niceness": "0"}})
     return "local"
 
 
@@ -376,7 +460,9 @@ def resolve(cfg: TrainConfig, n_samples: Optional[int] = None
     """Check the data file, temperature selection, split and model against each other.
 
     Returns (config with absolute paths and the full model config, data fingerprint, number
-    of training samples); writes nothing."""
+    of training samples); writes nothing. A variational run reads no data (_resolve_van)."""
+    if cfg.variational:
+        return _resolve_van(cfg)
     data = os.path.abspath(cfg.data)
     sets, fp = make_datasets(data, cfg.temperatures, cfg.tmin, cfg.tmax, cfg.val_fraction,
                              cfg.test_fraction, cfg.skip, n_samples=n_samples)
@@ -389,6 +475,19 @@ def resolve(cfg: TrainConfig, n_samples: Optional[int] = None
                                               "out": str(cfg.run_dir),
                                               "model": model_cfg.to_dict()})
     return resolved, fp, len(sets["train"])
+
+
+def _resolve_van(cfg: TrainConfig) -> tuple[TrainConfig, dict, int]:
+    """resolve() of a VAN run: data is set to "" (not read); L is model.L (default 16); the
+    fingerprint names the objective and temperature instead of a file; the sample count is
+    the samples drawn per epoch."""
+    model_cfg = cfg.model_config(cfg.model.get("L", ModelConfig.L))
+    fp = {"path": None, "objective": "variational", "L": model_cfg.L,
+          "temperatures": [model_cfg.temperature], "n_samples": 0}
+    resolved = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(cfg), "data": "",
+                                              "out": str(cfg.run_dir),
+                                              "model": model_cfg.to_dict()})
+    return resolved, fp, model_cfg.van_steps * model_cfg.van_batch
 
 
 def prepare(cfg: TrainConfig, resume: bool = False) -> tuple[TrainConfig, dict, Optional[Path]]:
@@ -415,7 +514,9 @@ def prepare(cfg: TrainConfig, resume: bool = False) -> tuple[TrainConfig, dict, 
                               f"pass --resume to continue it or choose another --out")
     resolved, fp, n_train = resolve(cfg, saved["data"]["n_samples"] if saved else None)
     if saved is not None:
-        old, new = saved["config"], cfgmod.to_dict(resolved)
+        # a key the run's config lacks was added since: the run had its default
+        old = {**cfgmod.to_dict(TrainConfig()), **saved["config"]}
+        new = cfgmod.to_dict(resolved)
         diff = [f"{k}: run has {old.get(k)!r}, asked {new[k]!r}" for k in new
                 if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]]
         if diff:
@@ -436,11 +537,22 @@ def prepare(cfg: TrainConfig, resume: bool = False) -> tuple[TrainConfig, dict, 
 
 
 def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[list] = None,
-        start_ray: bool = True, verbose: bool = False) -> dict:
+        start_ray: bool = True, verbose: bool = False, lock: bool = True) -> dict:
     """Train (see module doc); returns {"run_dir", "model", "epoch", "metrics"}.
 
     callbacks: Ray Train UserCallbacks (Tune passes TuneReportCallback). start_ray=False when
-    already inside a Ray task (a Tune trial). verbose: Ray Train's own INFO logs too."""
+    already inside a Ray task (a Tune trial). verbose: Ray Train's own INFO logs too.
+    lock: hold the run directory's lock for the whole run (ising_dist.runlock,
+    <run_dir>/.lock; RunLockedError, naming the live run, when another process trains into
+    it); False for a Tune trial, whose directory its search's lock covers."""
+    if not lock:
+        return _run_locked(cfg, resume, callbacks, start_ray, verbose)
+    with RunLock.acquire(cfg.run_dir, role="train"):
+        return _run_locked(cfg, resume, callbacks, start_ray, verbose)
+
+
+def _run_locked(cfg, resume, callbacks, start_ray, verbose) -> dict:
+    """:func:`run`, holding the run directory's lock."""
     from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
                            ScalingConfig)
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -529,20 +641,82 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
                       " or --resume --out RUN_DIR")
 
 
+CLUSTER_GRACE_S = 10.0   # the GCS unreachable this long: the cluster is gone (Ray gives up at 60)
+
+
+def stopped_message(cfg: TrainConfig, what: str) -> str:
+    """What happened, the newest checkpoint of the run, and the command that continues it."""
+    run_dir = cfg.run_dir
+    found = checkpoints(run_dir)
+    if found:
+        where = (f"last checkpoint: {found[-1]} (epoch {load_state(found[-1])['epoch']} of "
+                 f"{cfg.epochs})\ncontinue with:\n  python -m ising_dist.train --out {run_dir} "
+                 f"--resume")
+    else:
+        where = (f"no checkpoint was written to {run_dir}; start the run again (remove that "
+                 f"directory, or give another --out)")
+    cluster = (f"\n(RAY_ADDRESS={os.environ['RAY_ADDRESS']}: bring that cluster back up "
+               f"first, or unset RAY_ADDRESS to continue on a local Ray)"
+               if os.environ.get("RAY_ADDRESS") else "")
+    return f"error: {what}\n{where}{cluster}"
+
+
+def _watch_cluster(cfg: TrainConfig, stop, interval: float = 1.0) -> None:
+    """Driver-side watchdog (a daemon thread of main): once Ray is up, TCP-connect to the
+    cluster's GCS every ``interval`` s. If it stays unreachable for CLUSTER_GRACE_S, print
+    stopped_message and end the process with exit code 1: without this the driver waits in
+    fit() until Ray's own core worker exits it after 60 s with a log line and no advice."""
+    import socket
+    import ray
+    while not stop.wait(interval):
+        if not ray.is_initialized():
+            continue
+        try:
+            host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+        except Exception:  # noqa: BLE001 — not connected yet (or shutting down): look again
+            continue
+        lost = None
+        while not stop.is_set():
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                lost = None
+            except OSError:
+                lost = lost or time.monotonic()
+                if time.monotonic() - lost >= CLUSTER_GRACE_S:
+                    print(stopped_message(cfg, f"the Ray cluster stopped during the run (its "
+                                               f"GCS at {host}:{port} is unreachable)"),
+                          file=sys.stderr, flush=True)
+                    os._exit(1)
+            stop.wait(interval)
+        return
+
+
 def main(argv=None) -> int:
+    import threading
     args = parse_args(argv)
+    stop = threading.Event()
     try:
         cfg = resolve_config(args)
+        threading.Thread(target=_watch_cluster, args=(cfg, stop), daemon=True,
+                         name="cluster-watch").start()
         summary = run(cfg, resume=args.resume, verbose=args.verbose)
-    except (ConfigError, ValueError) as exc:   # DataError, StoreError are ValueErrors
+    except (ConfigError, ValueError, RunLockedError) as exc:  # DataError, StoreError: ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 — a failed Ray run: say so without a traceback wall
+        from ray.exceptions import RayError
         from ray.train import TrainingFailedError
+        first = (str(exc).strip().splitlines() or [""])[0]
         if isinstance(exc, TrainingFailedError):
-            print(f"error: training failed after retries: {exc}", file=sys.stderr)
-            return 1
-        raise
+            what = f"training failed after retries: {exc}"
+        elif isinstance(exc, RayError):     # ActorDiedError, RaySystemError, …: Ray itself
+            what = f"the Ray cluster failed during the run ({type(exc).__name__}: {first})"
+        else:
+            raise
+        print(stopped_message(cfg, what), file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stop.set()
     m = summary["metrics"]
     vals = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k.startswith("val_"))
     print(f"done: {summary['epoch']} epochs; {vals}\nmodel: {summary['model']}\n"

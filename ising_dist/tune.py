@@ -37,6 +37,7 @@ from typing import Callable, Optional
 from . import config as cfgmod
 from . import train as trainmod
 from .config import ConfigError
+from .runlock import RunLock, RunLockedError
 from .train import TrainConfig
 
 EXPERIMENT = "search"
@@ -168,7 +169,8 @@ def trial(config: dict) -> None:
         state = trainmod.load_state(done[-1])
         ray.tune.report({**state["metrics"], "checkpoint_path": str(done[-1])})
         return
-    trainmod.run(cfg, resume=bool(done), callbacks=[TuneReportCallback()], start_ray=False)
+    trainmod.run(cfg, resume=bool(done), callbacks=[TuneReportCallback()], start_ray=False,
+                 lock=False)  # the search's lock covers its trials' directories
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -336,7 +338,15 @@ def keep_best(out_dir: Path, rows: list[dict]) -> Optional[dict]:
 
 
 def run(cfg: SearchConfig, resume: bool = False) -> dict:
-    """Run (or resume) the search; returns {"rows", "best", "unfinished", "out"}."""
+    """Run (or resume) the search; returns {"rows", "best", "unfinished", "out"}.
+    The output directory is locked for the whole search (ising_dist.runlock): RunLockedError,
+    naming the live search, when another process searches into it."""
+    with RunLock.acquire(cfg.out_dir, role="tune"):
+        return _run_locked(cfg, resume)
+
+
+def _run_locked(cfg: SearchConfig, resume: bool) -> dict:
+    """:func:`run`, holding the output directory's lock."""
     out_dir = cfg.out_dir
     exp = out_dir / EXPERIMENT
     base = cfg.base_train_config()
@@ -415,7 +425,7 @@ def main(argv=None) -> int:
     try:
         cfg = resolve_config(args)
         summary = run(cfg, resume=args.resume)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(summary["out"])

@@ -7,7 +7,8 @@
 #
 # A Ray head starts on the first node of the allocation and a worker on every other node (one
 # srun task per node, all CPUs of that task given to Ray); the stage then runs against that
-# cluster (RAY_ADDRESS) and the cluster is stopped at the end, also on failure or SIGTERM.
+# cluster (RAY_ADDRESS) and the cluster is stopped at the end, also on failure or SIGTERM:
+# only this job's Ray processes, so other Ray users on the same nodes are left alone.
 # Paths given to --data/--out are made absolute (Ray workers run in their own directories).
 #SBATCH --job-name=ising-train
 #SBATCH --nodes=1
@@ -33,36 +34,56 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# a private cluster for this job: auth off (the ports live only as long as the job), a port
-# derived from the job id so that jobs sharing a node do not collide
+# A private cluster for this job, so that it can share nodes with other Ray users (another job
+# of the same user included): auth off (the ports live only as long as the job), its own temp
+# dir on every node, and every port Ray would otherwise take at a fixed default (6379, 10001,
+# 52365, …) derived from the job id, below Linux's ephemeral range (32768+).
 export RAY_AUTH_MODE=disabled
 cpus="${SLURM_CPUS_PER_TASK:-2}"
-port=$(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))
+base=$(( 20000 + ${SLURM_JOB_ID:-0} % 1200 * 10 ))
+port=$base
+temp="/tmp/ray-job${SLURM_JOB_ID:-$$}"     # short: Ray's socket paths are limited to 107 bytes
 mapfile -t nodes < <(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}")
 head="${nodes[0]}"
 head_ip=$(srun --overlap --nodes=1 --ntasks=1 -w "$head" hostname -i | awk '{print $1}')
 export RAY_ADDRESS="$head_ip:$port"
+node_args=(--temp-dir="$temp" --num-cpus="$cpus" --disable-usage-stats
+            --node-manager-port=$((base + 1)) --object-manager-port=$((base + 2))
+            --dashboard-agent-listen-port=$((base + 3)) --dashboard-agent-grpc-port=$((base + 4))
+            --runtime-env-agent-port=$((base + 5)) --metrics-export-port=$((base + 6)))
 
+# Ray runs only inside these srun steps (`ray start --block` stays in the foreground and owns
+# the processes it starts). Stopping = SIGTERM to the steps: srun forwards it, and each
+# `ray start --block` stops exactly its own processes; Slurm's process tracking ends whatever
+# is left when the job ends. Never `ray stop`: it stops every Ray of the user on the node.
 steps=()
 cleanup() {
-    for node in "${nodes[@]}"; do
-        srun --overlap --nodes=1 --ntasks=1 -w "$node" ray stop --force >/dev/null 2>&1 || true
+    for pid in "${steps[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 60); do
+        alive=0
+        for pid in "${steps[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.5
     done
-    for pid in "${steps[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${steps[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    for node in "${nodes[@]}"; do   # this job's temp dir only
+        srun --overlap --nodes=1 --ntasks=1 -w "$node" rm -rf "$temp" 2>/dev/null || true
+    done
 }
 trap cleanup EXIT
 trap 'exit 143' TERM
 
 echo "job ${SLURM_JOB_ID:-?}: Ray head on $head ($RAY_ADDRESS), ${#nodes[@]} node(s), $cpus CPUs each"
-srun --overlap --nodes=1 --ntasks=1 -w "$head" ray start --head --node-ip-address="$head_ip" \
-    --port="$port" --num-cpus="$cpus" --include-dashboard=false --disable-usage-stats --block &
+srun --overlap --nodes=1 --ntasks=1 -w "$head" ray start --head --block \
+    --node-ip-address="$head_ip" --port="$port" --ray-client-server-port=$((base + 7)) \
+    --include-dashboard=false "${node_args[@]}" &
 steps+=($!)
 for _ in $(seq 120); do ray status >/dev/null 2>&1 && break; sleep 1; done
 ray status >/dev/null || { echo "error: the Ray head did not come up" >&2; exit 1; }
 for node in "${nodes[@]:1}"; do
-    srun --overlap --nodes=1 --ntasks=1 -w "$node" ray start --address="$RAY_ADDRESS" \
-        --num-cpus="$cpus" --disable-usage-stats --block &
+    srun --overlap --nodes=1 --ntasks=1 -w "$node" ray start --block --address="$RAY_ADDRESS" \
+        "${node_args[@]}" &
     steps+=($!)
 done
 

@@ -4,6 +4,7 @@ trained AE, memorization, the Tune hooks, and the errors a user meets."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -127,26 +128,57 @@ def test_metrics_json_has_the_documented_shape_and_finite_values(cli_report, pt_
         for k in ("w1_e", "w1_abs_m"):
             assert _finite(p[k]) and _finite(p["noise_floor"][k])
         assert p["n_mcmc"] == 400 and p["n_generated"] == 1000     # the held-out 20%
-        assert 0 <= p["z2"]["generated_frac_m_pos"] <= 1
-        assert 0 <= p["memorization"]["generated_copy_fraction"] <= 1
         assert len(p["G"]["mcmc"]) == len(p["G"]["generated"]) == 9
+        if p["T"] > TC:
+            # above Tc the held-out chain visits m > 0 and m < 0 equally: the fraction is 0.5
+            # within 4 binomial sigmas of its effective sample count n / (2 tau_int)
+            mc = p["mcmc"]
+            tau = max(0.5, mc["tau_abs_m_sweeps"] / m["split"]["sweeps_between_samples"])
+            sigma = 0.5 / math.sqrt(p["n_mcmc"] / (2 * tau))
+            assert abs(p["z2"]["mcmc_frac_m_pos"] - 0.5) < 4 * sigma, (p["T"], p["z2"], sigma)
+            # 2^256 states: the chain never repeats a training configuration above Tc
+            assert p["memorization"]["mcmc_copy_fraction"] == 0.0
+        if p["T"] > 2.5:
+            # nor does a sampler well above Tc (closer to Tc this AE draws some fully ordered
+            # lattices, which count as copies of T = 1.6 training configurations: measured
+            # 0.09 at T = 2.15, 0.03 at 2.38, 0.002 at 2.63)
+            assert p["memorization"]["generated_copy_fraction"] < 0.01, (p["T"], [
+                (q["T"], q["memorization"]) for q in m["per_temperature"]])
         assert sum(p["histograms"]["e"]["mcmc"]) == pytest.approx(1.0)
     lt = m["latent"]
     assert _finite(lt["tc_estimate"]) and _finite(lt["tc_error"]) and lt["method"]
     c = m["cost"]
     assert _finite(c["train_seconds"]) and c["train_seconds"] > 0
     for r in c["per_temperature"]:
+        # an independent sample costs max(1, 2 tau) sweeps, tau = max(tau_e, tau_|m|)
+        indep = {}
         for alg in ("metropolis", "wolff"):
-            assert r[alg]["s_per_sweep"] > 0 and r[alg]["tau_e"] >= 0.4
-        assert r["generator_s_per_sample"] > 0
-        best = r[r["best_mcmc"]]["s_per_independent"]
-        assert best == min(r["metropolis"]["s_per_independent"],
-                           r["wolff"]["s_per_independent"])
-        if r["break_even_samples"] is not None:  # train + n·t_gen = n·t_mcmc
-            n = r["break_even_samples"]
-            assert c["train_seconds"] + n * r["generator_s_per_sample"] == pytest.approx(n * best)
+            a = r[alg]
+            assert a["s_per_sweep"] > 0 and a["tau_e"] >= 0.4
+            tau = max(a["tau_e"], a["tau_abs_m"])
+            indep[alg] = max(1.0, 2 * tau) * a["s_per_sweep"]
+            assert a["s_per_independent"] == pytest.approx(indep[alg], rel=1e-12)
+        gen = r["generator_s_per_sample"]
+        best = min(indep.values())
+        assert r["best_mcmc"] == min(indep, key=indep.get)
+        if r["biased"]:   # raw samples that fail the fidelity test get no speed-up (issue 12)
+            assert r["speedup_vs_best_mcmc"] is None and r["break_even_samples"] is None
+            continue
+        assert r["speedup_vs_best_mcmc"] == pytest.approx(best / gen, rel=1e-12)
+        # break-even: train + n·t_gen = n·t_best, n = train / (t_best − t_gen); never if slower
+        if best > gen:
+            assert r["break_even_samples"] == pytest.approx(c["train_seconds"] / (best - gen))
         else:
-            assert r["generator_s_per_sample"] >= best
+            assert r["break_even_samples"] is None
+    # critical slowing down: near Tc a Metropolis sweep decorrelates far less than a Wolff
+    # "sweep" (≈ N flipped spins). Measured at L = 16, 1000 sweeps, seeds 0-2: max(tau_e,
+    # tau_|m|) 5.5-9.4 (Metropolis) against 0.9-1.9 (Wolff) at T = 2.153, 17-18 against
+    # 0.8-1.2 at T = 2.378; the ratio is ≥ 4 at both.
+    near = [r for r in c["per_temperature"] if abs(r["T"] - TC) < 0.15]
+    assert len(near) == 2
+    for r in near:
+        tau = {a: max(r[a]["tau_e"], r[a]["tau_abs_m"]) for a in ("metropolis", "wolff")}
+        assert tau["wolff"] < tau["metropolis"] / 2.5, (r["T"], tau)
     assert _finite(m["fidelity"])
     assert "T=1.6000 (1/8)" in stdout and f"report: {out / 'index.html'}" in stdout
 
@@ -177,6 +209,10 @@ def test_noise_floor_is_small_and_a_random_spin_generator_is_flagged(pt_file, ae
     for p in m["per_temperature"]:
         assert p["noise_floor"]["w1_e"] < 0.05 and p["noise_floor"]["w1_abs_m"] < 0.1, p["T"]
         assert abs(p["generated"]["e"][0]) < 0.02          # independent spins: <e> = 0
+    # Z2: independent fair spins have P(m > 0) + P(m = 0)/2 = 1/2 exactly (P(m = 0) ≈ 0.05 at
+    # L = 16); 8 × 1000 samples: binomial sigma 0.0056, tolerance 3 sigma
+    z2 = np.mean([p["z2"]["generated_frac_m_pos"] for p in m["per_temperature"]])
+    assert abs(z2 - 0.5) < 3 * 0.5 / math.sqrt(8000), z2
     low = m["per_temperature"][0]
     assert low["T"] == pytest.approx(1.6)
     assert low["w1_e"] > 1.5 and low["w1_e_over_floor"] > 50
@@ -307,3 +343,95 @@ def test_clear_errors(capsys, pt_file, ae_run, tmp_path):
     assert "2.5 is not in" in err
     err = _cli_error(capsys, tmp_path, "--data", str(pt_file), str(pt_file), "--model", str(ae_run))
     assert "one model per data file" in err
+
+
+# ------------------------------------------------------------------------------ verdicts
+class MCMCStandIn:
+    """MCMC samples standing in for a generator: training configurations of that T, evenly
+    spaced through the training range, without repeats (the right distribution, as diverse as
+    MCMC; a perfect sampler could do no better)."""
+
+    def __init__(self, pt_file, L):
+        self.cfg = ModelConfig(family="dcgan", L=L)
+        with h5py.File(pt_file, "r") as f:
+            self.temps = f["temperatures"][()]
+            self.train = f["spins"][:, :1600]          # default split: the first 80%
+
+    def sample(self, n, T, mode=None, generator=None):
+        r = int(np.argmin(np.abs(self.temps - T)))
+        pick = np.linspace(0, self.train.shape[1] - 1, n).round().astype(int)
+        return torch.from_numpy(self.train[r, pick])
+
+
+def _spread(m, src, key):
+    means = [p[src][key][0] for p in m["per_temperature"]]
+    return max(means) - min(means)
+
+
+def test_a_model_that_ignores_T_is_called_biased_and_flat_in_words(pt_file, tmp_path, capsys):
+    """An untrained VAE decodes N(0, 1) codes to near-fair coins at every T: <e> ≈ 0 and
+    <|m|> ≈ 0.05 across 1.6 … 3.2, where MCMC goes from −1.93 to −0.75 in <e>."""
+    torch.manual_seed(0)
+    model = build_model({"family": "vae", "L": 16, "hidden": [32], "latent_dim": 2})
+    m = evaluate.evaluate_model(model, pt_file, 300, prior="normal", latent=False)
+    text = " ".join(m["verdicts"])
+    assert [v.split(":")[0] for v in m["verdicts"]] == ["biased", "ignores T"], m["verdicts"]
+    # the stated statistic, recomputed: generated spread over MCMC spread, the larger of e, |m|
+    response = max(_spread(m, "generated", k) / _spread(m, "mcmc", k) for k in ("e", "abs_m"))
+    assert m["verdict_statistics"]["ignores_T"]["max_response"] == pytest.approx(response)
+    assert response < 0.05 and f"at most {100 * response:.2g}%" in text
+    # words at the top of the report, before any number
+    report.write_html(tmp_path, m)
+    page = (tmp_path / "index.html").read_text()
+    top = page.index("</h1>")
+    for v in m["verdicts"]:
+        assert top < page.index(html.escape(v)) < page.index("Physics fidelity")
+    # and in the terminal summary of the command line, from the saved model
+    run = tmp_path / "run"
+    run.mkdir()
+    save_model(run / "model.pt", model)
+    assert evaluate.main(["--data", str(pt_file), "--model", str(run), "--out",
+                          str(tmp_path / "rep"), "--samples", "300", "--prior", "normal",
+                          "--no-cost", "--no-pictures"]) == 0
+    out = capsys.readouterr().out
+    summary = out[out.index("report: "):]
+    assert "verdict: biased: at 8 of 8 temperatures" in summary
+    assert "verdict: ignores T: from T=1.6000 to 3.2000" in summary
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["verdicts"] == m["verdicts"]
+
+
+def test_a_collapsed_generator_is_called_collapsed(pt_file, ae_run):
+    """The trained AE with its decoder cut off from the code (first layer's weights zeroed)
+    and drawn by sign: one configuration at every T, where MCMC never repeats above Tc."""
+    loaded = evaluate.load_run(ae_run)
+    model = loaded["model"]
+    with torch.no_grad():
+        model.decoder.net[0].weight.zero_()
+    n = 300
+    m = evaluate.evaluate_model(model, pt_file, n, extra=loaded["extra"], latent=False,
+                                mode="sign")
+    kinds = [v.split(":")[0] for v in m["verdicts"]]
+    assert "collapse" in kinds, m["verdicts"]
+    for p in m["per_temperature"]:
+        d = p["diversity"]
+        assert d["n_compared"] == n and d["generated_distinct_fraction"] == 1 / n
+        if p["T"] > TC:
+            assert d["mcmc_distinct_fraction"] == 1.0
+    assert "collapse: at 8 of 8 temperatures" in " ".join(m["verdicts"])
+    assert "0.3% of 300 generated configurations are distinct" in " ".join(m["verdicts"])
+
+
+def test_mcmc_samples_as_the_generator_raise_no_false_alarm(pt_file, tmp_path):
+    """MCMC standing in for the generator, through the same comparison: no verdict. Measured
+    with 1000 samples per T over 8 offsets of the stand-in's picks: the largest W1 / floor of
+    the 16 is 1.9-2.2 (below 3), the T response 1.01-1.02 (flat would be < 0.25), and the
+    distinct fraction 0.95-1.02 of MCMC's (collapse would be < 0.5)."""
+    m = evaluate.evaluate_model(MCMCStandIn(pt_file, 16), pt_file, 1000, latent=False)
+    assert m["verdicts"] == [], m["verdicts"]
+    st = m["verdict_statistics"]
+    assert st["biased"]["temperatures"] == [] and st["collapse"]["temperatures"] == []
+    assert 0.8 < st["ignores_T"]["max_response"] < 1.2
+    report.write_html(tmp_path, m)
+    assert "No bias, T-dependence or diversity problem found" in (
+        tmp_path / "index.html").read_text()

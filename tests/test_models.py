@@ -72,13 +72,32 @@ def test_every_family_builds_with_documented_shapes(family, arch, L):
     assert len(model.configure_optimizers(1e-3)) == (1 if model.kind == "likelihood" else 2)
 
 
-def test_sign_mode_is_deterministic_and_bernoulli_follows_generator():
+def test_sign_mode_thresholds_and_bernoulli_mode_draws_from_the_generator():
+    """Sign mode is p > 1/2 whatever the generator; Bernoulli mode draws a new lattice for
+    each generator (and the same one for the same seed), with frequencies sigmoid(logits)."""
     model = build_model(tiny("vae"))
-    z_gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    a = model.sample(20, mode="sign", generator=z_gen())
-    b = model.sample(20, mode="sign", generator=z_gen())
-    assert torch.equal(a, b)
-    assert torch.equal(model.sample(20, generator=z_gen()), model.sample(20, generator=z_gen()))
+    with torch.no_grad():
+        logits = model.decode(torch.randn(400, 2))
+    gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    sign5, sign6 = model.to_spins(logits, "sign", gen(5)), model.to_spins(logits, "sign", gen(6))
+    assert torch.equal(sign5, sign6)
+    assert torch.equal(sign5, torch.where(logits > 0, 1, -1).to(torch.int8))
+    b5, b6 = model.to_spins(logits, "bernoulli", gen(5)), model.to_spins(logits, "bernoulli",
+                                                                          gen(6))
+    assert not torch.equal(b5, b6)
+    assert torch.equal(b5, model.to_spins(logits, "bernoulli", gen(5)))
+    p = torch.sigmoid(logits)                                   # 25600 sites: 4 sigma
+    up = (b5 == 1).float()
+    sigma = (p * (1 - p)).sum().sqrt() / p.numel()
+    assert abs(up.mean() - p.mean()) < 4 * sigma
+    # the configured mode is the default of sample(): sign under two generators agrees only
+    # when the code is the same, so compare decodes of one code
+    cfg = dict(tiny("ae").to_dict(), sample_mode="sign")
+    ae = build_model(cfg)
+    z = torch.randn(50, 2)
+    with torch.no_grad():
+        assert torch.equal(ae.to_spins(ae.decode(z), None, gen(1)),
+                           ae.to_spins(ae.decode(z), None, gen(2)))
 
 
 def test_sampling_errors_name_the_problem():
@@ -95,25 +114,49 @@ def test_sampling_errors_name_the_problem():
 
 
 # ---------------------------------------------------------------------- losses
+def pin_outputs(model, logit: float, mu=None, logvar=None) -> None:
+    """Make the networks' last layers constant: decoder logits ≡ logit at every site, encoder
+    output ≡ (mu, logvar) (AE: mu) for every input; the losses then have closed forms."""
+    conv = model.cfg.arch == "conv"
+    dec = model.decoder.deconvs[-1] if conv else model.decoder.net[-1]
+    enc = model.encoder.dense if conv else model.encoder.net[-1]
+    with torch.no_grad():
+        for layer in (dec, enc):
+            for param in layer.parameters():
+                param.zero_()
+        dec.bias.fill_(logit)
+        enc.bias.copy_(torch.tensor(mu if logvar is None else mu + logvar))
+
+
 @pytest.mark.parametrize("kl_weight", [0.0, 1.0, 100.0])
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 @pytest.mark.parametrize("family", LIKELIHOOD)
-def test_losses_are_finite_and_total_is_the_weighted_sum(family, arch, kl_weight):
-    cfg = ModelConfig.from_dict(dict(tiny(family, arch).to_dict(), kl_weight=kl_weight,
-                                     mag_weight=3.0, binarize_weight=7.0))
+def test_losses_equal_their_closed_forms_and_total_is_the_weighted_sum(family, arch, kl_weight):
+    """With constant outputs p = sigmoid(b) and code (mu, logvar), computed here in float64:
+    recon = −Σ_sites [x ln p + (1−x) ln(1−p)] (batch mean), KL(N(mu, σ²) ‖ N(0, 1)) =
+    −½ Σ_d (1 + logvar − mu² − e^logvar) (Kingma & Welling 2014, appendix B), mag = batch mean
+    of (m_in − (2p − 1))², binarize = p(1 − p)."""
+    cfg = ModelConfig.from_dict(dict(tiny(family, arch, latent_dim=3).to_dict(),
+                                     kl_weight=kl_weight, mag_weight=3.0, binarize_weight=7.0))
     model = build_model(cfg)
+    b, mu, logvar = 0.7, [0.5, -1.0, 2.0], [0.3, -0.4, 0.0]
+    pin_outputs(model, b, mu, None if family == "ae" else logvar)
     x, T = torch.randint(0, 2, (8, 8, 8)).float(), torch.linspace(1.0, 4.0, 8)
     terms = model(x, T)
     assert set(terms) == {"recon", "kl", "mag", "binarize", "total"}
-    assert all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
-    expected = (terms["recon"] + kl_weight * terms["kl"] + 3.0 * terms["mag"]
-                + 7.0 * terms["binarize"])
-    assert torch.allclose(terms["total"], expected)
-    assert terms["recon"] > 0 and 0 <= terms["binarize"] <= 0.25
-    if family == "ae":
-        assert terms["kl"] == 0
-    else:
-        assert terms["kl"] >= 0
+    assert all(v.ndim == 0 for v in terms.values())
+
+    p = 1 / (1 + math.exp(-b))
+    ones = x.double().sum((1, 2))
+    recon = float((-(ones * math.log(p) + (64 - ones) * math.log(1 - p))).mean())
+    kl = 0.0 if family == "ae" else -0.5 * sum(1 + lv - m * m - math.exp(lv)
+                                               for m, lv in zip(mu, logvar))
+    mag = float(((2 * x.double() - 1).mean((1, 2)) - (2 * p - 1)).pow(2).mean())
+    binarize = p * (1 - p)
+    for key, want in (("recon", recon), ("kl", kl), ("mag", mag), ("binarize", binarize)):
+        assert terms[key].item() == pytest.approx(want, rel=1e-5, abs=1e-6), key
+    total = recon + kl_weight * kl + 3.0 * mag + 7.0 * binarize
+    assert terms["total"].item() == pytest.approx(total, rel=1e-5)
 
 
 def test_recon_is_bce_summed_over_sites():
@@ -148,6 +191,45 @@ def test_gans_train_a_few_steps_with_finite_losses():
 
 
 # ---------------------------------------------------------------------- learning
+@pytest.mark.parametrize("mode", ["bernoulli", "sign"])
+@pytest.mark.parametrize("family", ["dcgan", "wgan-gp"])
+def test_the_critic_judges_the_spins_that_sampling_draws(family, mode):
+    """The fakes shown to the critic are the configurations sample() draws (same generator
+    state: same spins), binary like the real lattices, and still pass a gradient back to the
+    generator (straight-through)."""
+    model = build_model(tiny(family, sample_mode=mode))
+    fake = model.fake(torch.full((64,), 2.0), torch.Generator().manual_seed(3))
+    drawn = model.sample(64, T=2.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(fake.detach(), (drawn == 1).float())
+    fake.sum().backward()
+    assert all(p.grad is not None for p in model.generator.parameters())
+    assert sum(p.grad.abs().sum() for p in model.generator.parameters()) > 0
+
+
+@pytest.mark.parametrize("family, epochs", [("dcgan", 80), ("wgan-gp", 150)])
+def test_conditional_gans_follow_temperature(family, epochs):
+    """Issue 16: two temperatures, ordered two-mode lattices at T = 1.5 (<|m|> ≈ 0.90) and
+    fair coins at T = 4 (<|m|> ≈ 0.10). The generated <|m|> must differ between them by more
+    than 0.6 × the data's own difference, and sit within 0.2 of the data at each T. Measured
+    over torch seeds 0-2 (L = 8, 512 lattices, batch 32, lr 2e-3 / 1e-3, one critic step per
+    generator step): differences 0.78-0.81 (DCGAN) and 0.68-0.76 (WGAN-GP) against the data's
+    0.80; a critic shown probabilities instead of spins gave ≈ 0 (see gan.py)."""
+    g = torch.Generator().manual_seed(1)
+    n = 256
+    x = torch.cat([two_mode(n, 8, 0.05, g), two_mode(n, 8, 0.5, g)])
+    T = torch.cat([torch.full((n,), 1.5), torch.full((n,), 4.0)])
+    data_low, data_high = abs_m(2 * x[:n] - 1).mean(), abs_m(2 * x[n:] - 1).mean()
+    model = build_model(tiny(family, hidden=[64, 32], n_critic=1))
+    opts = model.configure_optimizers(1e-3 if family == "dcgan" else 2e-3)
+    for _ in range(epochs):
+        train_epoch(model, batches(x, T, 32, g), opts, "cpu")
+    gen = torch.Generator().manual_seed(2)
+    low = abs_m(model.sample(400, T=1.5, generator=gen)).mean()
+    high = abs_m(model.sample(400, T=4.0, generator=gen)).mean()
+    assert low - high > 0.6 * (data_low - data_high), (low, high, data_low, data_high)
+    assert abs(low - data_low) < 0.2 and abs(high - data_high) < 0.2, (low, high)
+
+
 def test_vae_learns_two_ordered_modes():
     g = torch.Generator().manual_seed(1)
     L = 8

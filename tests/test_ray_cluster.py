@@ -1,8 +1,15 @@
 """`ray up` / `ray submit` / `ray down` with configs/ray/cluster.yaml, for real: the cluster
 launcher's local provider reaches this machine over an sshd that the test starts on 127.0.0.1
-with a key it generates (no dotfiles are touched), and stops again."""
+with a key it generates (no dotfiles are touched), and stops again.
+
+The launcher runs `ray stop` on its nodes (before `ray start`, and in `ray down`), which stops
+every Ray process of the user on the node. So the sshd, and every command the launcher runs
+through it, lives in a PID namespace of its own (`unshare --pid`): there `ray stop` sees only
+the test cluster's processes, and ending the namespace ends all of them. A Ray running outside
+on this machine (another test, a user's training) is untouched, which the test checks."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +19,7 @@ import pytest
 import yaml
 
 from tests.test_pt import run_pt
+from tests.test_train import local_ray_head, session_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,15 +48,25 @@ StrictModes no
 AuthorizedKeysFile {d}/authorized_keys
 PidFile {d}/sshd.pid
 """)
-    subprocess.run(["/usr/sbin/sshd", "-f", str(conf)], check=True)
-    t0 = time.time()
-    while not (d / "sshd.pid").exists() and time.time() - t0 < 10:
-        time.sleep(0.1)
-    pid = int((d / "sshd.pid").read_text())
+    # -D: sshd stays in the foreground as the namespace's first process; --kill-child: when
+    # unshare dies (it ignores SIGTERM while it waits, so SIGKILL), sshd gets SIGKILL, and the
+    # end of a namespace's first process ends every process in it
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
+                             "/usr/sbin/sshd", "-D", "-f", str(conf)])
     try:
+        t0 = time.time()
+        while True:
+            assert proc.poll() is None, "sshd exited; is port 22 of 127.0.0.1 taken?"
+            try:
+                socket.create_connection(("127.0.0.1", 22), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() - t0 < 10, "sshd did not listen on 127.0.0.1:22 in 10 s"
+                time.sleep(0.1)
         yield key
     finally:
-        os.kill(pid, 15)
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def cluster_yaml(tmp, key):
@@ -68,7 +86,15 @@ def cluster_yaml(tmp, key):
     return path
 
 
-def test_ray_up_submit_down(sshd, tmp_path):
+def test_ray_up_submit_down_leaves_other_rays_running(sshd, tmp_path):
+    with local_ray_head(tmp_path / "other-ray.log") as other:   # another Ray of the same user
+        before = session_pids(other.proc.pid)
+        _up_submit_down(sshd, tmp_path)
+        gone = before - session_pids(other.proc.pid)
+        assert not gone and other.proc.poll() is None, f"`ray down` stopped {sorted(gone)}"
+
+
+def _up_submit_down(sshd, tmp_path):
     pt = tmp_path / "pt.h5"
     run_pt("--config", "configs/pt/demo.yaml", "--no-progress", "--out", pt)
     yml = cluster_yaml(tmp_path, sshd)

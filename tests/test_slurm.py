@@ -1,5 +1,6 @@
 """slurm/simulate.sh on a real one-node Slurm: sbatch, srun --mpi=pmi2, SIGTERM, requeue."""
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 
 from tests.slurm_cluster import SlurmCluster
 from tests.test_pt import assert_same_data, read_all, run_pt
+from tests.test_train import BIN, local_ray_head, session_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -85,15 +87,50 @@ def test_scancel_term_checkpoints_and_resubmission_resumes(slurm, tmp_path):
     assert_same_data(read_all(ref), read_all(out))
 
 
-def test_sbatch_train_trains_the_demo_model_through_ray(slurm, tmp_path):
+def _pids_with_arg(text):
+    """Live processes whose command line contains ``text``."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_sbatch_train_trains_through_its_own_ray_and_leaves_other_rays_running(slurm, tmp_path):
+    """Issue 11 case 4: another Ray of the same user runs on the node the whole time (a head
+    with its worker processes, as a second training would have); the job starts its own
+    cluster, trains, and stops exactly that cluster, never `ray stop` (which stops them all)."""
     pt = tmp_path / "pt.h5"
     run_pt("--config", "configs/pt/demo.yaml", "--no-progress", "--out", pt)
     run = tmp_path / "run"
-    res = slurm.run("sbatch", "--parsable", "--wait", f"--output={tmp_path}/train-%j.out",
-                    "slurm/train.sh", "train", "configs/train/demo.yaml", "--data", pt,
-                    "--out", run, "--epochs", "2", cwd=ROOT, check=False)
-    job = res.stdout.strip().split(";")[0]
-    text = (tmp_path / f"train-{job}.out").read_text()
-    assert res.returncode == 0, text
-    assert "Ray head on" in text and (run / "model.pt").is_file(), text
-    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    with local_ray_head(tmp_path / "other-ray.log") as other:
+        before = session_pids(other.proc.pid)
+        assert len(before) >= 3, before          # ray start, GCS, raylet, …
+        res = slurm.run("sbatch", "--parsable", "--wait", f"--output={tmp_path}/train-%j.out",
+                        "slurm/train.sh", "train", "configs/train/demo.yaml", "--data", pt,
+                        "--out", run, "--epochs", "2", cwd=ROOT, check=False)
+        job = res.stdout.strip().split(";")[0]
+        text = (tmp_path / f"train-{job}.out").read_text()
+        assert res.returncode == 0, text
+        assert "Ray head on" in text and (run / "model.pt").is_file(), text
+        assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # 2 epochs
+        # the other Ray: every process it had is alive, and it still answers
+        gone = before - session_pids(other.proc.pid)
+        assert not gone and other.proc.poll() is None, (gone, text)
+        for _ in range(30):                     # its autoscaler reports every few seconds
+            status = subprocess.run([str(BIN / "ray"), "status", "--address", other.gcs],
+                                    env=other.env, capture_output=True, text=True, timeout=60)
+            if "/2.0 CPU" in status.stdout:
+                break
+            time.sleep(1)
+        assert status.returncode == 0 and "/2.0 CPU" in status.stdout, (
+            status.stdout + status.stderr)
+    # the job's own Ray (its private temp dir is on every command line) is gone
+    t0 = time.time()
+    while _pids_with_arg(f"/tmp/ray-job{job}/") and time.time() - t0 < 30:
+        time.sleep(0.5)
+    assert not _pids_with_arg(f"/tmp/ray-job{job}/")
+    assert not Path(f"/tmp/ray-job{job}").exists()

@@ -2,8 +2,11 @@
 a job submitted to a real local cluster, and the errors a user meets."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -11,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -146,6 +150,19 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path, 
             assert r[k] == pytest.approx(q[k], rel=1e-5), (k, rows, ref)
 
 
+@pytest.mark.validation
+def test_compiled_training_follows_the_eager_run(tmp_path, baseline, pt_file):
+    """compile: true (torch.compile on each worker, ~30 s of compiling) changes the speed, not
+    the run: the baseline VAE, noise included, gives the same curve to float rounding."""
+    out = tmp_path / "compiled"
+    train.run(cfg_of(tiny(pt_file, out, compile=True)))
+    rows, ref = train.read_metrics(out), train.read_metrics(baseline[0])
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for r, q in zip(rows, ref):
+        for k in ("train_total", "val_recon", "val_kl"):
+            assert r[k] == pytest.approx(q[k], rel=1e-4), (k, rows, ref)
+
+
 def test_presets_resolve_against_a_real_file(pt_file):
     presets = sorted((ROOT / "configs/train").glob("*.yaml"))
     assert {p.stem for p in presets} >= {"demo", "vae-mlp", "vae-conv", "cvae", "wgan-gp"}
@@ -167,6 +184,9 @@ def test_presets_resolve_against_a_real_file(pt_file):
     ({"baseline": True, "resume": True, "model": {"latent_dim": 4}, "epochs": 5},
      "--resume of"),
     ({"resume": True}, "holds no checkpoint to continue from"),
+    ({"data_memory_mb": -1}, "data_memory_mb=-1.0: must be ≥ 0"),
+    ({"shuffle_window": 0}, "shuffle_window=0: must be ≥ 1 sample"),
+    ({"compile": True, "model": {"family": "wgan-gp"}}, "compile=true with family 'wgan-gp'"),
 ])
 def test_bad_configs_and_files_exit_2_with_a_clear_message(tmp_path, pt_file, baseline, capsys,
                                                            change, message):
@@ -204,17 +224,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_cluster(tmp_path):
+@contextlib.contextmanager
+def local_ray_head(log_path: Path):
     """`ray start --head --block` on free ports with its own temp dir (so no other Ray user on
-    this machine attaches to it); stopped by SIGTERM to that command, which takes down the
-    processes it started (unlike `ray stop`, which stops every Ray on the machine)."""
+    this machine attaches to it), in a session of its own. Yields a namespace: address (the
+    dashboard, for `ray job submit`), gcs (host:port, for RAY_ADDRESS), env, proc. Stopped by
+    SIGTERM to that command, which takes down the processes it started (unlike `ray stop`,
+    which stops every Ray on the machine); SIGKILL to its session if it does not stop."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths are limited
     port, dash = _free_port(), _free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ['PATH']}",
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", **FAST_POLL)
     env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path / "ray-start.log", "w")
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
          "--disable-usage-stats", f"--temp-dir={temp}", "--dashboard-host=127.0.0.1",
@@ -227,7 +249,7 @@ def ray_cluster(tmp_path):
     try:
         deadline = time.time() + 120
         while True:
-            assert proc.poll() is None, (tmp_path / "ray-start.log").read_text()
+            assert proc.poll() is None, Path(log_path).read_text()
             try:
                 with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
                     json.load(r)
@@ -235,16 +257,47 @@ def ray_cluster(tmp_path):
             except OSError:
                 assert time.time() < deadline, "the Ray head did not come up in 120 s"
                 time.sleep(1)
-        yield address, env
+        yield types.SimpleNamespace(address=address, gcs=f"127.0.0.1:{port}", env=env,
+                                    proc=proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)   # our own session: only what we started
-            proc.wait()
+            pass
+        kill_session(proc.pid)      # our own session: only what we started
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def session_pids(sid: int) -> set[int]:
+    """Live processes of session ``sid`` (field 6 of /proc/PID/stat), zombies left out."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (one that this test started)."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A real local cluster of its own (see local_ray_head): (dashboard address, env)."""
+    with local_ray_head(tmp_path / "ray-start.log") as head:
+        yield head.address, head.env
 
 
 def test_job_submitted_to_a_real_cluster_trains_and_checkpoints(ray_cluster, pt_file, tmp_path):
@@ -264,3 +317,51 @@ def test_job_submitted_to_a_real_cluster_trains_and_checkpoints(ray_cluster, pt_
     assert [p.name for p in train.checkpoints(out)][-1] == "checkpoint_0002"
     model, extra = load_model(out / "model.pt")
     assert extra["epoch"] == 2 and model.cfg.L == 8
+
+
+def _own_lines(stderr: str) -> str:
+    """stderr without the worker and actor logs that Ray forwards ("(Name pid=…) …")."""
+    return "\n".join(line for line in stderr.splitlines()
+                     if not re.match(r"(\x1b\[\d+m)?\(\S+ pid=\d+", line))
+
+
+def test_a_cluster_that_dies_mid_run_ends_with_one_message_and_the_resume_command(
+        tmp_path, pt_file, ray_local, monkeypatch):
+    """Issue 11 case 5: the cluster a training runs on is killed (SIGKILL to its processes,
+    only those: the cluster's own session) after checkpoint 2. The driver ends with exit code
+    1 and one message (what happened, the last checkpoint, the command to continue), no
+    traceback; that command, run as printed, finishes the run."""
+    out = tmp_path / "run"
+    epochs = 25
+    with local_ray_head(tmp_path / "ray-start.log") as head:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ising_dist.train", "--config", "configs/train/demo.yaml",
+             "--data", str(pt_file), "--out", str(out), "--epochs", str(epochs),
+             "--batch-size", "64"], cwd=ROOT, env=dict(head.env, RAY_ADDRESS=head.gcs),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 240
+            while not (out / "checkpoint_0002" / "trainer.pt").is_file():
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()
+                time.sleep(0.2)
+            kill_session(head.proc.pid)
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+    own = _own_lines(stderr)
+    assert proc.returncode == 1, stdout[-2000:] + stderr[-4000:]
+    assert "Traceback" not in own and "ising_dist/train.py" not in own, own[-4000:]
+    message = own[own.index("error: "):]
+    assert "Ray cluster" in message, message
+    last = train.checkpoints(out)[-1]
+    epoch = train.load_state(last)["epoch"]
+    assert 2 <= epoch < epochs
+    assert f"last checkpoint: {last} (epoch {epoch} of {epochs})" in message, message
+    command = message.split("continue with:\n", 1)[1].splitlines()[0].strip()
+    assert command == f"python -m ising_dist.train --out {out} --resume", message
+
+    # the command as printed finishes the run (here on this process's local Ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert train.main(shlex.split(command)[3:] + ["--quiet"]) == 0
+    assert [r["epoch"] for r in train.read_metrics(out)] == list(range(1, epochs + 1))
+    assert epoch in train.load_state(train.checkpoints(out)[-1])["resumed_at"]

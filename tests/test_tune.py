@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ising_dist import config as cfgmod
-from ising_dist import tune
+from ising_dist import evaluate, tune
 from ising_dist.config import ConfigError
 from ising_dist.models import load_model
 from tests.test_data import make_pt_file
@@ -104,10 +104,15 @@ def test_search_ranked_by_physics_fidelity_writes_scores_and_heatmap(tmp_path, p
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     scores = [float(r["score"]) for r in rows]
-    assert len(rows) == 2 and all(math.isfinite(x) and x > 0 for x in scores)
-    assert scores == sorted(scores) and [int(r["rank"]) for r in rows] == [1, 2]
-    # a score is not the validation loss: it is the physics fidelity (>= ~1 for any model)
-    assert all(abs(float(r["score"]) - float(r["val_recon"])) > 1e-6 for r in rows)
+    assert len(rows) == 2 and scores == sorted(scores) and [int(r["rank"]) for r in rows] == [1, 2]
+    # each score is the physics fidelity that evaluate computes for that trial's final model
+    # on the validation split of its file (1000 samples per T, the scorer's default)
+    for r in rows:
+        loaded = evaluate.load_run(r["model"])
+        m = evaluate.evaluate_model(loaded["model"], r["data"], 1000, extra=loaded["extra"],
+                                    split="val", cost=False, latent=False)
+        assert float(r["score"]) == pytest.approx(m["fidelity"], rel=1e-5), r["trial"]
+        assert m["split"]["evaluated"] == "val" and m["split"]["same_file_as_training"]
     assert "ranked by physics" in (out / "results.md").read_text()
     heatmap = out / "fidelity_heatmap.png"
     assert heatmap.is_file() and heatmap.stat().st_size > 5000
