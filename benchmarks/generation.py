@@ -7,11 +7,11 @@ thread) unless said otherwise:
      for seed 004's MLP VAE and seed 001's conv VAE (untrained: cost does not depend on the
      weights), or for --model;
   2. MCMC seconds per independent sample, max(1, 2 tau_int) sweeps × seconds per sweep, for
-     Metropolis and Wolff at T below, near and above Tc (ising_dist.evaluate.mcmc_cost);
+     Metropolis and Wolff at T below, near and above Tc (ising_dist.judge.cost.mcmc_cost);
   3. the ratio best MCMC / generator per T and the break-even sample count
      n* = train_seconds / (t_mcmc − t_gen): with --model its recorded training time, else per
      second of training. "never" when the generator is not cheaper per sample than MCMC.
-The generated samples are only as good as the model's physics fidelity (ising_dist.evaluate);
+The generated samples are only as good as the model's physics fidelity (ising_dist.judge);
 MCMC's are exact.
 """
 
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from ising_dist import evaluate
+from ising_dist.judge import cost, driver
 from ising_dist.exact import TC
 from ising_dist.models import build_model
 
@@ -49,7 +49,7 @@ def main():
     temps = [1.8, TC * 1.02, 3.0]
     train_s = None
     if args.model:
-        run = evaluate.load_run(args.model)
+        run = driver.load_run(args.model)
         models = {f"{run['model'].cfg.family} (--model)": run["model"]}
         sizes = [run["model"].cfg.L]
         train_s = run["train_seconds"]
@@ -78,7 +78,7 @@ def main():
             print(f"{name:>34} {t[1]:10.2e} {t[64]:10.2e} {t[1024]:11.2e} "
                   f"{t[1] / t[1024]:7.0f}x")
         print(f"\n2. MCMC seconds per independent sample ({sweeps} sweeps per T)")
-        mc = evaluate.mcmc_cost(L, temps, sweeps)
+        mc = cost.mcmc_cost(L, temps, sweeps)
         print(f"{'T':>7} {'Metropolis':>11} {'tau':>6} {'Wolff':>10} {'tau':>6}")
         for r in mc:
             tm = max(r["metropolis"]["tau_e"], r["metropolis"]["tau_abs_m"])

@@ -7,6 +7,11 @@ Prints, measured in one run on this machine:
   3. at Tc for L = 16, 32, 64: τ_int of |m| and e in sweeps for Metropolis and Wolff, and the
      wall-clock cost of one independent sample (2·τ_int·time per sweep).
 Wolff τ is converted to sweeps with the measured mean cluster size (sweeps = clusters·⟨|C|⟩/N).
+
+`python -m benchmarks.kernels --backend cuda [--quick]` instead prints Metropolis flips per ns
+at T = Tc for L = 1024 … 16384 on the GPU (lattice kept on the device; and with the host copies
+of one call per sweep, as the tempering loop pays them) against the numba and native kernels
+on all CPU threads, measured in the same run. Without a GPU it says so and times nothing.
 """
 
 import argparse
@@ -113,10 +118,66 @@ def autocorrelation_costs(sizes, sweeps_metropolis, sweeps_wolff):
                   f"{cost * 1e3:14.3f}ms")
 
 
+GPU_FLIPS_PER_CALL = 2**30  # sweeps timed per call on the GPU: launches queue, one sync
+
+
+def cuda_rates(sizes, seconds):
+    """Metropolis flips/ns on the GPU against the CPU backends (one lattice at Tc)."""
+    from ising_dist import gpu, native
+    if gpu.simulator():
+        print("NUMBA_ENABLE_CUDASIM=1: numba's CUDA simulator is not a GPU; nothing timed "
+              "(unset it on a machine with an NVIDIA GPU)")
+        return
+    if not gpu.available():
+        print(f"no CUDA GPU here ({gpu.unavailable_reason()}); nothing timed. Run "
+              "`python -m benchmarks.kernels --backend cuda` on a machine with an NVIDIA GPU.")
+        return
+    cpus = ["numba"] + (["native"] if native.available() else [])
+    print(f"Metropolis at Tc, flips per ns: GPU {gpu.device_name()} against "
+          f"{' and '.join(cpus)} on {numba.config.NUMBA_NUM_THREADS} CPU threads")
+    print(f"{'L':>6} {'gpu':>9} {'gpu+copies':>11} " + " ".join(f"{c:>8}" for c in cpus)
+          + " " + " ".join(f"{'gpu/' + c:>11}" for c in cpus))
+    beta = 1 / TC
+    thr = kernels.metropolis_thresholds(beta)
+    key = np.uint64(9)
+    for L in sizes:
+        N = L * L
+        spins = initial_lattice(L, 1)[None].copy()
+        e = np.zeros(1, np.int64)
+        m = np.zeros(1, np.int64)
+        dev = gpu.DeviceReplicas(spins, thr[None].copy(), np.array([key]), e, m)
+        sweeps = max(1, GPU_FLIPS_PER_CALL // N)
+
+        def on_device():
+            dev.advance(0, sweeps)
+            dev.synchronize()
+        rate_gpu = sweeps * N / time_it(on_device, seconds) / 1e9
+        none = np.zeros(1, np.int64)
+        rate_copies = N / time_it(lambda: gpu.advance_replicas(
+            spins, thr[None], None, np.array([key]), None, None, 0, 1, 1, none, e, m, None),
+            seconds) / 1e9
+        rates = []
+        for name in cpus:
+            kern = native.select_backend(name)
+            lat = initial_lattice(L, 1)
+            scratch = np.empty_like(lat)
+            rates.append(N / time_it(lambda: kern.metropolis_sweep(lat, thr, key, 0, scratch),
+                                     seconds) / 1e9)
+        print(f"{L:6d} {rate_gpu:9.2f} {rate_copies:11.3f} "
+              + " ".join(f"{r:8.3f}" for r in rates) + " "
+              + " ".join(f"{rate_gpu / r:10.1f}x" for r in rates))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, short timings")
+    ap.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the GPU kernel against the CPU backends (L = 1024 … 16384)")
     args = ap.parse_args()
+    if args.backend == "cuda":
+        cuda_rates((1024, 2048) if args.quick else (1024, 2048, 4096, 8192, 16384),
+                   0.3 if args.quick else 1.5)
+        return
     sizes = (64, 256) if args.quick else (64, 256, 1024)
     seconds = 0.3 if args.quick else 1.5
     print(f"numba {numba.__version__}, threads available: {numba.config.NUMBA_NUM_THREADS}\n")

@@ -6,9 +6,9 @@ one thread each):
      that (L, T) for --train-steps gradient steps (ising_dist.models.loop); seconds and F_q;
   2. neural MCMC with it as proposal (ising_dist.nmcmc, batches of 1024): acceptance, τ_int of
      the chain (proposals), ESS/n of the importance weights, seconds per proposal;
-  3. Metropolis and Wolff on the same L and T (evaluate.mcmc_cost: native kernels where
+  3. Metropolis and Wolff on the same L and T (judge.cost.mcmc_cost: native kernels where
      built, one chain, one core): seconds per sweep and τ_int in sweeps;
-  4. the cost per effective sample of each (neural_cost.cost_rows: nmcmc = s/proposal ×
+  4. the cost per effective sample of each (judge.neural_mcmc.cost_rows: nmcmc = s/proposal ×
      max(1, 2τ); MCMC = s/sweep × max(1, 2τ)), the nmcmc one also with training amortised over
      10⁶ effective samples, as a ratio to Wolff's and to the better MCMC, and the break-even
      count of effective samples.
@@ -25,8 +25,9 @@ import warnings
 import numba
 import torch
 
-from ising_dist import exact, neural_cost, nmcmc
-from ising_dist.evaluate import mcmc_cost
+from ising_dist import exact, nmcmc
+from ising_dist.judge import neural_mcmc
+from ising_dist.judge.cost import mcmc_cost
 from ising_dist.models import ModelConfig, build_model
 from ising_dist.models.loop import train_variational_epoch
 
@@ -55,9 +56,9 @@ def race(L: int, T: float, train_steps: int, steps: int, sweeps: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = nmcmc.run_chains(prop, [T], steps, batch=1024, burn_in=1024, seed=1)[0]
-        judged, = neural_cost.judge([res], L)
+        judged, = neural_mcmc.judge([res], L)
         mc = mcmc_cost(L, [T], sweeps, seed=0)
-    cost, = neural_cost.cost_rows([judged], [res["seconds_per_proposal"]], mc, train_s,
+    cost, = neural_mcmc.cost_rows([judged], [res["seconds_per_proposal"]], mc, train_s,
                                   AMORTISE)
     return {"L": L, "T": T, "train_s": train_s, "F_q": fq,
             "F_exact": -T * exact.kaufman_log_z(T, L) / L ** 2, "judged": judged,

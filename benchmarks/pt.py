@@ -30,8 +30,9 @@ from ising_dist import native  # noqa: E402
 from ising_dist.config import PTConfig  # noqa: E402
 from ising_dist.engine import Chains  # noqa: E402
 from ising_dist.mpi import SerialComm  # noqa: E402
-from ising_dist.pt import ParallelTempering  # noqa: E402
-from ising_dist.store import GatherWriter, RunWriter  # noqa: E402
+from ising_dist.tempering import ParallelTempering  # noqa: E402
+from ising_dist.codec import pack  # noqa: E402
+from ising_dist.writers import GatherWriter, RunWriter  # noqa: E402
 
 L, R = 64, 16
 CADENCES = ((1, 10), (1, 100), (10, 10), (10, 100))  # (exchange every, sample every) sweeps
@@ -85,8 +86,9 @@ def checkpoint_ms(tmp, n=20):
 
 
 def write_throughput(tmp, samples, block):
-    """MB/s of int8 spins through RunWriter: append_block of `block` samples (what an
-    in-process run does) or one append per sample (block=1, the gather path)."""
+    """MB/s of int8 spins through RunWriter.write, packing included: blocks of `block`
+    samples (what an in-process run hands over) or one sample at a time (block=1, the
+    per-sample path of the run loop)."""
     T = np.geomspace(1.8, 3.0, R)
     writer = RunWriter.create(tmp / f"write{block}.h5", "bench", L, 1, T, overwrite=True)
     rng = np.random.default_rng(0)
@@ -96,10 +98,7 @@ def write_throughput(tmp, samples, block):
     t0 = time.perf_counter()
     for k in range(0, samples, block):
         sweeps = np.arange(k, k + block, dtype=np.int64)
-        if block == 1:
-            writer.append(k, spins[0], e[0], e[0], rep[0])
-        else:
-            writer.append_block(sweeps, spins, e, e, rep)
+        writer.write(sweeps, pack(spins), e, e, rep)
     writer.close()
     dt = time.perf_counter() - t0
     return samples * R * L * L / dt / 1e6

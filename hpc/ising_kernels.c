@@ -786,42 +786,58 @@ int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const do
 /* Site updates in an interval between events below which pt_segment stays on one thread. */
 #define ISING_PT_PARALLEL_MIN_WORK (INT64_C(1) << 20)
 
-/* Smallest x > s with (x - offset) % every == 0 and x > offset. */
-static int64_t next_event(int64_t s, int64_t every, int64_t offset)
+/* Whether a state and event table can be run: sizes, counts, slots, thresholds, sweeps
+ * strictly ascending after sweep0. Sets *wolff when any slot grows Wolff clusters. */
+static int check_segment(const ising_pt_state *st, int64_t sweep0, const int64_t *events,
+                         int64_t n_events, int has_share, int *wolff)
 {
-    if (s < offset)
-        return offset + every;
-    return offset + ((s - offset) / every + 1) * every;
+    if (bad_size(st->L))
+        return ISING_EBADSIZE;
+    const int64_t R = st->R;
+    if (R < 1 || st->R_local < 1 || st->id0 < 0 || st->id0 + st->R_local > R || sweep0 < 0 ||
+        st->n_metropolis < 0 || n_events < 1 || (st->R_local < R && !has_share))
+        return ISING_EBADARG;
+    *wolff = 0;
+    for (int64_t k = 0; k < R; k++) {
+        if (st->nw_slot[k] < 0 || bad_thresholds(st->thr_slot + 3 * k) ||
+            st->slot_of[k] < 0 || st->slot_of[k] >= R)
+            return ISING_EBADARG;
+        *wolff |= st->nw_slot[k] > 0;
+    }
+    int64_t s = sweep0;
+    for (int64_t e = 0; e < n_events; e++) {
+        const int64_t *row = events + 3 * e;
+        if (row[0] <= s || ((row[1] & ISING_EVENT_EXCHANGE) && row[2] < 0))
+            return ISING_EBADARG;
+        s = row[0];
+    }
+    return ISING_OK;
 }
 
-int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t R, int64_t L,
-                           const uint64_t *thr_slot, const uint64_t *padd_slot,
-                           const int64_t *nw_slot, const double *beta_slot,
-                           const uint64_t *keys, const uint64_t *wkeys, uint64_t *counters,
-                           int64_t *slot_of, int64_t *exch, int8_t *direction,
-                           int64_t *round_trips, uint64_t xkey, int64_t sweep0, int64_t sweep1,
-                           int64_t n_metropolis, int64_t exchange_every, int64_t sample_every,
-                           int64_t thermalize, int64_t *energy, int64_t *magnet,
-                           int64_t *flipped, int64_t *energy_all, ising_share_fn share,
-                           void *share_ctx, uint8_t *out_spins, double *out_energy,
-                           double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
-                           int64_t capacity, int64_t *n_out, int n_threads)
+/* Sample j of the local replicas into out. */
+static void capture_sample(const ising_pt_state *st, int64_t s, const ising_pt_samples *out,
+                           int64_t j)
+{
+    const int64_t N = st->L * st->L, n = st->R_local;
+    ising_pack_spins(st->spins, n * N, out->spins + j * n * (N / 4));
+    for (int64_t r = 0; r < n; r++) {
+        out->energy[j * n + r] = (double)st->energy[r] / (double)N;
+        out->magnet[j * n + r] = (double)st->magnet[r] / (double)N;
+        out->slot[j * n + r] = st->slot_of[st->id0 + r];
+    }
+    out->sweep[j] = s;
+}
+
+int ising_pt_segment_ranks(const ising_pt_state *st, int64_t sweep0, const int64_t *events,
+                           int64_t n_events, ising_share_fn share, void *share_ctx,
+                           const ising_pt_samples *out, int64_t *n_out, int n_threads)
 {
     *n_out = 0;
-    if (bad_size(L))
-        return ISING_EBADSIZE;
-    if (R < 1 || R_local < 1 || id0 < 0 || id0 + R_local > R || sweep0 < 0 ||
-        sweep1 < sweep0 || n_metropolis < 0 || exchange_every < 1 || sample_every < 1 ||
-        thermalize < 0 || capacity < 0 || (R_local < R && !share))
-        return ISING_EBADARG;
     int wolff = 0;
-    for (int64_t k = 0; k < R; k++) {
-        if (nw_slot[k] < 0 || bad_thresholds(thr_slot + 3 * k) ||
-            slot_of[k] < 0 || slot_of[k] >= R)
-            return ISING_EBADARG;
-        wolff |= nw_slot[k] > 0;
-    }
-    const int64_t N = L * L;
+    int rc = check_segment(st, sweep0, events, n_events, share != NULL, &wolff);
+    if (rc != ISING_OK)
+        return rc;
+    const int64_t R = st->R, R_local = st->R_local, id0 = st->id0, N = st->L * st->L;
     const int nt = resolve_threads(n_threads);
     const int rnt = R_local < nt ? (int)R_local : nt;
     /* per-replica parameters of the current slots, rebuilt after every exchange round */
@@ -830,59 +846,45 @@ int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t 
     int64_t *nw = malloc((size_t)R_local * sizeof *nw);
     int64_t *replica_at = malloc((size_t)R * sizeof *replica_at);  /* exchange work array */
     workspace *ws = calloc((size_t)rnt, sizeof *ws);
-    int rc = (thr && padd && nw && replica_at && ws) ? ISING_OK : ISING_ENOMEM;
+    rc = (thr && padd && nw && replica_at && ws) ? ISING_OK : ISING_ENOMEM;
     for (int k = 0; rc == ISING_OK && k < rnt; k++)
-        rc = alloc_workspace(&ws[k], L, 1, wolff);
+        rc = alloc_workspace(&ws[k], st->L, 1, wolff);
     int64_t s = sweep0;
-    while (rc == ISING_OK && s < sweep1) {
-        int64_t nxt = next_event(s, exchange_every, 0);
-        const int64_t ns = next_event(s, sample_every, thermalize);
-        if (ns < nxt)
-            nxt = ns;
-        if (sweep1 < nxt)
-            nxt = sweep1;
+    for (int64_t e = 0; rc == ISING_OK && e < n_events; e++) {
+        const int64_t nxt = events[3 * e], flags = events[3 * e + 1];
         for (int64_t r = 0; r < R_local; r++) {
-            const int64_t k = slot_of[id0 + r];
-            memcpy(thr + 3 * r, thr_slot + 3 * k, 3 * sizeof *thr);
-            padd[r] = padd_slot[k];
-            nw[r] = nw_slot[k];
+            const int64_t k = st->slot_of[id0 + r];
+            memcpy(thr + 3 * r, st->thr_slot + 3 * k, 3 * sizeof *thr);
+            padd[r] = st->padd_slot[k];
+            nw[r] = st->nw_slot[k];
         }
-        const batch b = {spins, L, thr, padd, keys, wkeys, counters, s, nxt - s,
-                         n_metropolis, nw, energy, magnet, flipped};
+        const batch b = {st->spins, st->L, thr, padd, st->keys, st->wkeys, st->counters, s,
+                         nxt - s, st->n_metropolis, nw, st->energy, st->magnet, st->flipped};
         /* a parallel region per interval costs thread wake-ups (tens of microseconds with
          * passive waiting): threads only for intervals with enough work */
-        if (rnt == 1 ||
-            (nxt - s) * R_local * N * (n_metropolis + wolff) < ISING_PT_PARALLEL_MIN_WORK) {
+        if (rnt == 1 || (nxt - s) * R_local * N * (st->n_metropolis + wolff) <
+                            ISING_PT_PARALLEL_MIN_WORK) {
             for (int64_t r = 0; r < R_local; r++)
                 advance_one(&b, r, &ws[0], 1);
         } else {
             advance_over_threads(&b, R_local, ws, rnt);
         }
         s = nxt;
-        if (s == sweep1)
-            break;
-        if (s % exchange_every == 0) {
+        if (flags & ISING_EVENT_EXCHANGE) {
             if (share)
-                rc = share(share_ctx, energy, energy_all);
+                rc = share(share_ctx, st->energy, st->energy_all);
             if (rc == ISING_OK)
-                exchange_round(R, s / exchange_every, xkey, beta_slot,
-                               share ? energy_all : energy, slot_of, exch, direction,
-                               round_trips, replica_at);
+                exchange_round(R, events[3 * e + 2], st->xkey, st->beta_slot,
+                               share ? st->energy_all : st->energy, st->slot_of, st->exch,
+                               st->direction, st->round_trips, replica_at);
         }
-        if (rc == ISING_OK && s > thermalize && (s - thermalize) % sample_every == 0) {
-            const int64_t j = *n_out;
-            if (j >= capacity) {
+        if (rc == ISING_OK && (flags & ISING_EVENT_SAMPLE)) {
+            if (*n_out >= out->capacity) {
                 rc = ISING_EBADARG;
                 break;
             }
-            ising_pack_spins(spins, R_local * N, out_spins + j * R_local * (N / 4));
-            for (int64_t r = 0; r < R_local; r++) {
-                out_energy[j * R_local + r] = (double)energy[r] / (double)N;
-                out_magnet[j * R_local + r] = (double)magnet[r] / (double)N;
-                out_slot[j * R_local + r] = slot_of[id0 + r];
-            }
-            out_sweep[j] = s;
-            *n_out = j + 1;
+            capture_sample(st, s, out, *n_out);
+            *n_out += 1;
         }
     }
     for (int k = 0; ws && k < rnt; k++)

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define ISING_ABI_VERSION 4
+#define ISING_ABI_VERSION 5
 
 #define ISING_OK 0
 #define ISING_EBADSIZE (-1)   /* L odd or L < 2 */
@@ -77,39 +77,68 @@ int ising_exchange_round(int64_t R, int64_t round_index, uint64_t xkey, const do
                          const int64_t *energy, int64_t *slot_of, int64_t *exch,
                          int8_t *direction, int64_t *round_trips);
 
-/* Parallel tempering of a block of replicas, equivalent to kernels.pt_segment when one rank
- * holds all R (R_local = R, id0 = 0, share = NULL): from sweep0 to sweep1, for every sweep
- * s with sweep0 < s < sweep1, an exchange round when s % exchange_every == 0, then a sample
- * into out_* when s > thermalize and (s - thermalize) % sample_every == 0. Per-slot
- * parameters thr_slot [R, 3], padd_slot [R], nw_slot [R], beta_slot [R]. Sample j, row r
- * (local replica r): out_spins uint8 [capacity, R_local, L·L/4] its lattice packed as
- * ising_pack_spins does, out_energy, out_magnet
- * double [capacity, R_local] per spin, out_slot int64 [capacity, R_local] its slot,
- * out_sweep int64 [capacity]; *n_out receives the number of samples (ISING_EBADARG when
- * more than capacity would be needed).
- * Several ranks: this rank holds ids id0 … id0+R_local-1 of R; spins, keys, wkeys, counters,
- * energy, magnet, flipped and the samples are local; slot_of, exch, direction, round_trips
- * are global and kept identical on every rank. Before each exchange round
- * share(share_ctx, energy, energy_all) must fill energy_all int64 [R] with every replica's
- * energy by id (shared memory or MPI_Allgatherv: libising_pt_mpi.so) and return 0, else its error code is
- * returned. share may be NULL only when R_local == R. Other arguments as in
- * ising_advance_replicas and ising_exchange_round. */
+/* Parallel tempering of a block of replicas (ising_pt_segment_ranks).
+ *
+ * The state, as kernels.SegmentState when one rank holds all R replicas (R_local = R,
+ * id0 = 0). Several ranks: this rank holds ids id0 … id0+R_local-1 of R; the per-replica
+ * arrays are local rows, the exchange state is global and kept identical on every rank. */
+typedef struct {
+    int64_t L, R;              /* lattice size (even), replicas in all */
+    int64_t R_local, id0;      /* this rank's block of replica ids */
+    /* per local replica, row r = id id0 + r */
+    int8_t *spins;             /* [R_local, L, L] */
+    const uint64_t *keys, *wkeys;  /* [R_local] Metropolis / Wolff stream keys */
+    uint64_t *counters;        /* [R_local] Wolff stream positions */
+    int64_t *energy, *magnet, *flipped;  /* [R_local] totals */
+    /* per temperature slot */
+    const uint64_t *thr_slot;  /* [R, 3] */
+    const uint64_t *padd_slot; /* [R] */
+    const int64_t *nw_slot;    /* [R] Wolff clusters per step */
+    const double *beta_slot;   /* [R] */
+    int64_t n_metropolis;      /* Metropolis sweeps per step */
+    /* exchange state, global (as in ising_exchange_round) */
+    uint64_t xkey;
+    int64_t *slot_of;          /* [R] */
+    int64_t *exch;             /* [4, R-1] */
+    int8_t *direction;         /* [R] */
+    int64_t *round_trips;      /* [R] */
+    int64_t *energy_all;       /* [R] work array, energies by id (R_local < R), else NULL */
+} ising_pt_state;
+
+/* Samples of the local replicas: sample j, row r: spins uint8 [capacity, R_local, L·L/4]
+ * its lattice packed as ising_pack_spins does, energy, magnet double [capacity, R_local]
+ * per spin, slot int64 [capacity, R_local] its temperature slot; sweep int64 [capacity]. */
+typedef struct {
+    uint8_t *spins;
+    double *energy, *magnet;
+    int64_t *slot, *sweep;
+    int64_t capacity;
+} ising_pt_samples;
+
+/* Flags of an event table row (kernels.EXCHANGE, kernels.SAMPLE). */
+#define ISING_EVENT_EXCHANGE 1
+#define ISING_EVENT_SAMPLE 2
+
+/* Before each exchange round of several ranks, share(share_ctx, energy, energy_all) must
+ * fill energy_all int64 [R] with every replica's energy by id (shared memory or
+ * MPI_Allgatherv: libising_pt_mpi.so) and return 0, else its error code is returned. */
 typedef int (*ising_share_fn)(void *share_ctx, const int64_t *energy, int64_t *energy_all);
-int ising_pt_segment_ranks(int8_t *spins, int64_t R_local, int64_t id0, int64_t R, int64_t L,
-                           const uint64_t *thr_slot, const uint64_t *padd_slot,
-                           const int64_t *nw_slot, const double *beta_slot,
-                           const uint64_t *keys, const uint64_t *wkeys, uint64_t *counters,
-                           int64_t *slot_of, int64_t *exch, int8_t *direction,
-                           int64_t *round_trips, uint64_t xkey, int64_t sweep0, int64_t sweep1,
-                           int64_t n_metropolis, int64_t exchange_every, int64_t sample_every,
-                           int64_t thermalize, int64_t *energy, int64_t *magnet,
-                           int64_t *flipped, int64_t *energy_all, ising_share_fn share,
-                           void *share_ctx, uint8_t *out_spins, double *out_energy,
-                           double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
-                           int64_t capacity, int64_t *n_out, int n_threads);
+
+/* From sweep0 through the event table events int64 [n_events, 3], rows (sweep, flags,
+ * exchange round), sweeps strictly ascending after sweep0 (built by ising_dist.tempering
+ * from its triggers): for each row in turn, every local replica advances to its sweep at
+ * the parameters of its slot (as ising_advance_replicas), then an exchange round with that
+ * round index if flags has ISING_EVENT_EXCHANGE (as ising_exchange_round), then a sample
+ * into out if flags has ISING_EVENT_SAMPLE. Equivalent to kernels.pt_segment when one rank
+ * holds all replicas (share = NULL). *n_out receives the number of samples (ISING_EBADARG
+ * when more than out->capacity would be needed, or for a bad state or table). share may be
+ * NULL only when R_local == R. */
+int ising_pt_segment_ranks(const ising_pt_state *st, int64_t sweep0, const int64_t *events,
+                           int64_t n_events, ising_share_fn share, void *share_ctx,
+                           const ising_pt_samples *out, int64_t *n_out, int n_threads);
 
 /* Pack n spins (n a multiple of 4, values -1, 0, 1) two bits each, code s + 1, four a
- * byte, the first in the most significant bits (kernels.pack_spins): out uint8 [n / 4].
+ * byte, the first in the most significant bits (codec.pack_spins): out uint8 [n / 4].
  * The body of HDF5's scale-offset encoding of int8 at minbits=2, minval=-1. */
 void ising_pack_spins(const int8_t *spins, int64_t n, uint8_t *out);
 

@@ -163,30 +163,17 @@ static int share_energies(void *ctx, const int64_t *energy, int64_t *energy_all)
 }
 
 /* ising_pt_segment_ranks across the ranks of the communicator with Fortran handle comm_f:
- * counts/displs int [size] give every rank's block of replica ids; energy_all int64 [R] is
- * a work array (energies by id at the last exchange round). Collective: every rank calls it
- * with the same sweep range and global state. Returns 0, an ISING_E* code, or 1000 + the
+ * counts/displs int [size] give every rank's block of replica ids; st->energy_all int64 [R]
+ * is a work array (energies by id at the last exchange round). Collective: every rank calls
+ * it with the same event table and global state. Returns 0, an ISING_E* code, or 1000 + the
  * MPI error code. */
-int ising_pt_segment_mpi(int comm_f, const int *counts, const int *displs, int8_t *spins,
-                         int64_t R_local, int64_t id0, int64_t R, int64_t L,
-                         const uint64_t *thr_slot, const uint64_t *padd_slot,
-                         const int64_t *nw_slot, const double *beta_slot, const uint64_t *keys,
-                         const uint64_t *wkeys, uint64_t *counters, int64_t *slot_of,
-                         int64_t *exch, int8_t *direction, int64_t *round_trips, uint64_t xkey,
-                         int64_t sweep0, int64_t sweep1, int64_t n_metropolis,
-                         int64_t exchange_every, int64_t sample_every, int64_t thermalize,
-                         int64_t *energy, int64_t *magnet, int64_t *flipped,
-                         int64_t *energy_all, uint8_t *out_spins, double *out_energy,
-                         double *out_magnet, int64_t *out_slot, int64_t *out_sweep,
-                         int64_t capacity, int64_t *n_out, int n_threads)
+int ising_pt_segment_mpi(int comm_f, const int *counts, const int *displs,
+                         const ising_pt_state *st, int64_t sweep0, const int64_t *events,
+                         int64_t n_events, const ising_pt_samples *out, int64_t *n_out,
+                         int n_threads)
 {
-    share_ctx ctx = {MPI_Comm_f2c(comm_f), counts, displs, (int)R_local};
-    open_channel(ctx.comm, R);
-    const int rc = ising_pt_segment_ranks(
-        spins, R_local, id0, R, L, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys,
-        counters, slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
-        exchange_every, sample_every, thermalize, energy, magnet, flipped, energy_all,
-        share_energies, &ctx, out_spins, out_energy, out_magnet, out_slot, out_sweep, capacity,
-        n_out, n_threads);
-    return rc;
+    share_ctx ctx = {MPI_Comm_f2c(comm_f), counts, displs, (int)st->R_local};
+    open_channel(ctx.comm, st->R);
+    return ising_pt_segment_ranks(st, sweep0, events, n_events, share_energies, &ctx, out,
+                                  n_out, n_threads);
 }

@@ -3,7 +3,8 @@
  * for several L (including ones that are not multiples of 64), thread counts, temperatures
  * and keys; incremental (E, M) totals against recomputation; the batched advance against
  * a site-by-site reference of every algorithm (Metropolis, Wolff, hybrid) on 1 to 4 threads;
- * every algorithm against exact enumeration at L = 2 and 4; and the error codes.
+ * the tempering segment against its event table; every algorithm against exact enumeration
+ * at L = 2 and 4; and the error codes.
  * Exit status 0 on success; prints the first mismatch otherwise. */
 #include "ising_kernels.h"
 
@@ -216,6 +217,19 @@ static uint64_t wolff_threshold(double beta)
     return (uint64_t)floor(-expm1(-2.0 * beta) * 4294967296.0);
 }
 
+/* Parameters of R replicas at inverse temperatures beta: Metropolis thresholds thr [R, 3],
+ * Wolff thresholds padd [R], stream keys rand64(key_seed, r) and rand64(wkey_seed, r). */
+static void replica_params(int R, const double *beta, uint64_t key_seed, uint64_t wkey_seed,
+                           uint64_t *thr, uint64_t *padd, uint64_t *keys, uint64_t *wkeys)
+{
+    for (int r = 0; r < R; r++) {
+        thresholds(beta[r], thr + 3 * r);
+        padd[r] = wolff_threshold(beta[r]);
+        keys[r] = rand64(key_seed, (uint64_t)r);
+        wkeys[r] = rand64(wkey_seed, (uint64_t)r);
+    }
+}
+
 /* Batched advance (Metropolis, Wolff, hybrid) on 1 to 4 threads (replica-parallel and
  * row-parallel paths) against the references: lattices, Wolff stream counters and flipped
  * spins identical, incremental (E, M) totals equal to recomputed ones. */
@@ -225,12 +239,7 @@ static void test_advance(void)
     const int64_t L = 18, N = L * L;
     const double betas[R] = {0.3, 0.44, 0.6};
     uint64_t thr[3 * R], padd[R], keys[R], wkeys[R];
-    for (int r = 0; r < R; r++) {
-        thresholds(betas[r], thr + 3 * r);
-        padd[r] = wolff_threshold(betas[r]);
-        keys[r] = rand64(99, (uint64_t)r);
-        wkeys[r] = rand64(77, (uint64_t)r);
-    }
+    replica_params(R, betas, 99, 77, thr, padd, keys, wkeys);
     int8_t *start = malloc(R * N), *ref = malloc(R * N), *s = malloc(R * N);
     random_lattice(start, R * N, 5);
     const char *names[3] = {"metropolis", "wolff", "hybrid"};
@@ -271,6 +280,93 @@ static void test_advance(void)
 }
 
 /* Exact <e> and <|m|> per spin at temperature T by enumerating the 2^(L·L) states. */
+/* The tempering segment follows its event table: rows (4, EXCHANGE|SAMPLE, round 3),
+ * (6, SAMPLE), (9, nothing) equal advancing 4 sweeps, an exchange round 3, a sample, 2
+ * sweeps, a sample, 3 sweeps, each replica at its slot's parameters; on 1 and 3 threads.
+ * A table that is not ascending, empty, or needs more samples than the capacity is
+ * refused. */
+static void test_pt_segment_follows_the_event_table(void)
+{
+    enum { R = 3, CAP = 2 };
+    const int64_t L = 6, N = L * L, n_metropolis = 1;
+    double beta[R] = {0.6, 0.5, 0.4};
+    uint64_t thr[3 * R], padd[R], keys[R], wkeys[R];
+    const int64_t nw[R] = {1, 2, 1};
+    replica_params(R, beta, 11, 12, thr, padd, keys, wkeys);
+    int8_t *start = malloc(R * N), *ref = malloc(R * N), *s = malloc(R * N);
+    random_lattice(start, R * N, 3);
+    /* the reference: advance, exchange_round and sample called in turn */
+    memcpy(ref, start, R * N);
+    int64_t slot_ref[R] = {2, 0, 1}, exch_ref[4 * (R - 1)] = {0}, trips_ref[R] = {0};
+    int64_t e_ref[R], m_ref[R], f_ref[R] = {0}, sample_slot[CAP][R];
+    int8_t dir_ref[R] = {0};
+    uint64_t c_ref[R] = {0};
+    for (int r = 0; r < R; r++)
+        ising_energy_magnetization(ref + r * N, L, &e_ref[r], &m_ref[r]);
+    const int64_t stops[3] = {4, 6, 9};
+    int64_t from = 0;
+    for (int k = 0; k < 3; k++) {
+        uint64_t t[3 * R], p[R];
+        int64_t w[R];
+        for (int r = 0; r < R; r++) {
+            memcpy(t + 3 * r, thr + 3 * slot_ref[r], sizeof(uint64_t) * 3);
+            p[r] = padd[slot_ref[r]];
+            w[r] = nw[slot_ref[r]];
+        }
+        ising_advance_replicas(ref, R, L, t, p, keys, wkeys, c_ref, from, stops[k] - from,
+                               n_metropolis, w, e_ref, m_ref, f_ref, 1);
+        from = stops[k];
+        if (k == 0)
+            ising_exchange_round(R, 3, 99, beta, e_ref, slot_ref, exch_ref, dir_ref, trips_ref);
+        if (k < 2)
+            memcpy(sample_slot[k], slot_ref, sizeof slot_ref);
+    }
+    const int64_t events[3][3] = {{4, ISING_EVENT_EXCHANGE | ISING_EVENT_SAMPLE, 3},
+                                  {6, ISING_EVENT_SAMPLE, 0}, {9, 0, 0}};
+    for (int nt = 1; nt <= 3; nt += 2) {
+        memcpy(s, start, R * N);
+        int64_t slot_of[R] = {2, 0, 1}, exch[4 * (R - 1)] = {0}, trips[R] = {0};
+        int64_t e[R], m[R], f[R] = {0}, out_slot[CAP * R], out_sweep[CAP], n_out = -1;
+        int8_t dir[R] = {0};
+        uint64_t c[R] = {0};
+        uint8_t out_spins[CAP * R * 9];
+        double out_e[CAP * R], out_m[CAP * R];
+        for (int r = 0; r < R; r++)
+            ising_energy_magnetization(s + r * N, L, &e[r], &m[r]);
+        ising_pt_state st = {L, R, R, 0, s, keys, wkeys, c, e, m, f, thr, padd, nw, beta,
+                             n_metropolis, 99, slot_of, exch, dir, trips, NULL};
+        ising_pt_samples out = {out_spins, out_e, out_m, out_slot, out_sweep, CAP};
+        int rc = ising_pt_segment_ranks(&st, 0, &events[0][0], 3, NULL, NULL, &out, &n_out, nt);
+        CHECK(rc == ISING_OK && n_out == 2, "rc %d, %lld samples", rc, (long long)n_out);
+        CHECK(memcmp(s, ref, R * N) == 0, "%d threads: lattices differ from the reference", nt);
+        CHECK(memcmp(slot_of, slot_ref, sizeof slot_of) == 0 &&
+              memcmp(exch, exch_ref, sizeof exch) == 0 && exch[0] + exch[1] == 1,
+              "%d threads: exchange state differs from the reference", nt);
+        CHECK(out_sweep[0] == 4 && out_sweep[1] == 6 &&
+              memcmp(out_slot, sample_slot, sizeof out_slot) == 0,
+              "%d threads: samples at sweeps %lld, %lld", nt, (long long)out_sweep[0],
+              (long long)out_sweep[1]);
+        for (int r = 0; r < R; r++)
+            CHECK(e[r] == e_ref[r] && m[r] == m_ref[r] && c[r] == c_ref[r],
+                  "%d threads: totals or Wolff counter of replica %d", nt, r);
+        /* refused: not ascending after sweep0, empty, a sample beyond the capacity */
+        rc = ising_pt_segment_ranks(&st, 4, &events[0][0], 3, NULL, NULL, &out, &n_out, nt);
+        CHECK(rc == ISING_EBADARG, "a table starting at sweep0: rc %d", rc);
+        rc = ising_pt_segment_ranks(&st, 0, &events[0][0], 0, NULL, NULL, &out, &n_out, nt);
+        CHECK(rc == ISING_EBADARG, "an empty table: rc %d", rc);
+        out.capacity = 1;
+        rc = ising_pt_segment_ranks(&st, 9, &events[0][0], 3, NULL, NULL, &out, &n_out, nt);
+        CHECK(rc == ISING_EBADARG, "sweeps before sweep0: rc %d", rc);
+        const int64_t later[3][3] = {{14, ISING_EVENT_SAMPLE, 0}, {16, ISING_EVENT_SAMPLE, 0},
+                                     {19, 0, 0}};
+        rc = ising_pt_segment_ranks(&st, 9, &later[0][0], 3, NULL, NULL, &out, &n_out, nt);
+        CHECK(rc == ISING_EBADARG && n_out == 1, "two samples, room for one: rc %d", rc);
+    }
+    free(start);
+    free(ref);
+    free(s);
+}
+
 static void exact_means(int64_t L, double T, double *e, double *am)
 {
     const int64_t N = L * L;
@@ -387,6 +483,7 @@ int main(void)
     test_sweep_matches_reference();
     test_thresholds_at_a_uniform();
     test_advance();
+    test_pt_segment_follows_the_event_table();
     test_exact_small_lattices();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);

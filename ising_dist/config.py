@@ -1,10 +1,20 @@
-"""YAML → typed dataclasses, with errors that say what is wrong and how to fix it.
+"""YAML → typed dataclasses → command-line flags, with errors that say what is wrong and how to
+fix it.
 
 Every entry point loads its config with :func:`load`: the YAML file, then command-line
-overrides; unknown keys, wrong types and bad values are refused before any work starts.
-The resolved config is saved into every output (:func:`to_yaml`).
+overrides; unknown keys, wrong types, values outside a field's choices and bad values are
+refused before any work starts. The resolved config is saved into every output
+(:func:`to_yaml`).
+
+A config field is declared once, with :func:`option`: its default, its help text, its choices
+and whether ``--resume`` may change it. :func:`add_flags` derives an entry point's flags from
+those fields (``sample_every`` → ``--sample-every``), :func:`given_flags` reads back the flags
+that were given, and :func:`from_dict` checks the choices, so no flag, choice list or help
+text is written twice. Plain argparse: ``python -m ising_dist.pt`` starts on every MPI rank,
+and a CLI library would add its import time to each.
 """
 
+import argparse
 import dataclasses
 import math
 import typing
@@ -18,6 +28,114 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the key, the value and the fix."""
 
 
+# ---------------------------------------------------------------------------- choice lists
+LADDERS = ("geometric", "linear", "adaptive")
+WRITERS = ("auto", "gather", "collective")
+BACKENDS = ("auto", "native", "numba", "cuda")
+ALGORITHMS = ("metropolis", "wolff", "hybrid")
+STARTS = ("hot", "cold")
+
+
+# ---------------------------------------------------------------------------- fields
+def option(default=dataclasses.MISSING, help="", *, choices=None, flag=None, cli=True,
+           resume=False):
+    """A dataclass field with what its command-line flag needs.
+
+    default   the value when neither YAML nor a flag sets it (a list or dict is copied per
+              instance); leave it out for a required field (a required flag)
+    help      one line for ``--help`` (the default is appended); for a bool, what it turns
+              on ("progress lines": the flag of a default-true field says "no progress lines")
+    choices   the allowed values (a tuple defined once, e.g. LADDERS): the flag's choices,
+              and :func:`from_dict` refuses anything else
+    flag      the flag's spelling when it is not ``--name-with-dashes`` (a bool field's flag
+              sets the opposite of its default: ``--no-progress``, ``--compile``)
+    cli       False: no flag (set through YAML only)
+    resume    True: ``--resume`` may change it (:func:`resume_may_change`)
+    """
+    meta = {"help": help, "choices": choices, "flag": flag, "cli": cli, "resume": resume}
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _inner(tp):
+    """X of Optional[X]; tp itself otherwise."""
+    if typing.get_origin(tp) is typing.Union:
+        return [a for a in typing.get_args(tp) if a is not type(None)][0]
+    return tp
+
+
+def _default(f):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _flag(f, tp) -> str:
+    """The command-line spelling of dataclass field ``f`` of type ``tp``."""
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    name = f.name.replace("_", "-")
+    return f"--no-{name}" if tp is bool and _default(f) is True else f"--{name}"
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, title: str = "settings") -> None:
+    """Add one flag per field of dataclass ``cls`` (fields declared with :func:`option`).
+
+    Every flag defaults to None, "not given", so that a YAML preset keeps its values
+    (:func:`given_flags`). ints and floats are checked by argparse (exit code 2, naming the
+    flag); a list takes several values or one comma-separated value; a bool field's flag sets
+    the opposite of its default."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        tp, default = _inner(hints[f.name]), _default(f)
+        text = meta.get("help", "")
+        if tp is bool:   # the flag sets the opposite of the default
+            group.add_argument(_flag(f, tp), dest=f.name, action="store_const",
+                               const=not default, default=None,
+                               help=f"{'no ' if default else ''}{text}")
+            continue
+        kw = {"dest": f.name, "default": None, "metavar": f.name.upper()}
+        if default is dataclasses.MISSING:
+            kw["required"] = True
+        elif default is not None and default != []:
+            text = f"{text} (default: {default})" if text else f"default: {default}"
+        if typing.get_origin(tp) is list:
+            kw["nargs"] = "+"       # numbers are checked by from_dict, which names the field
+        elif tp in (int, float):
+            kw["type"] = tp
+        if meta.get("choices") is not None:
+            kw["choices"] = meta["choices"]
+            kw.pop("metavar")
+        group.add_argument(_flag(f, tp), help=text, **kw)
+
+
+def given_flags(args: argparse.Namespace, cls) -> dict:
+    """{field: value} of the flags of ``cls`` that were given (see :func:`add_flags`)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if isinstance(value, list) and f.metadata.get("cli", True):
+            item = typing.get_args(_inner(typing.get_type_hints(cls)[f.name]))[0]
+            if item in (int, float):     # "2.0,2.5" and "2.0 2.5" alike
+                value = " ".join(value)
+        out[f.name] = value
+    return out
+
+
+def resume_may_change(cls) -> tuple:
+    """Names of the fields of ``cls`` that a ``--resume`` may change (``option(resume=True)``)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resume"))
+
+
+# ---------------------------------------------------------------------------- loading
 def _coerce(name, value, tp):
     """Check/convert one value against a dataclass field type (int, float, str, bool,
     Optional[...], list[float], list[int])."""
@@ -70,7 +188,8 @@ def _coerce(name, value, tp):
 def from_dict(cls, data, source="config"):
     """Build dataclass ``cls`` from a mapping, refusing unknown keys and bad types.
 
-    The dataclass may define ``validate(self)`` raising ConfigError for bad values.
+    A value outside its field's ``choices`` (:func:`option`) is refused; the dataclass may
+    define ``validate(self)`` raising ConfigError for other bad values.
     """
     if data is None:
         data = {}
@@ -87,6 +206,10 @@ def from_dict(cls, data, source="config"):
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
+    for name, value in kwargs.items():
+        allowed = fields[name].metadata.get("choices")
+        if allowed is not None and value is not None and value not in allowed:
+            raise ConfigError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate()
@@ -134,35 +257,36 @@ def to_yaml(obj):
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
-LADDERS = ("geometric", "linear", "adaptive")
-WRITERS = ("auto", "gather", "collective")
-BACKENDS = ("auto", "native", "numba")
-
-
 @dataclass
 class PTConfig:
     """Parallel-tempering run. Sweeps count lattice sweeps (see ising_dist.engine)."""
-    L: int = 16
-    tmin: float = 1.8
-    tmax: float = 3.0
-    replicas: typing.Optional[int] = None  # default: len(temperatures), else 8
-    ladder: str = "geometric"
-    temperatures: typing.Optional[list[float]] = None
-    thermalize: int = 1000
-    sweeps: int = 2000
-    sample_every: int = 10
-    exchange_every: int = 1
-    algorithm: str = "metropolis"
-    n_metropolis: int = 1
-    n_wolff: int = 1
-    seed: int = 0
-    out: str = "runs/pt.h5"
-    checkpoint_every: int = 1000
-    start: str = "hot"
-    writer: str = "auto"
-    backend: str = "auto"
-    adapt_every: int = 20
-    progress: bool = True
+    L: int = option(16, "lattice side (even, >= 2)")
+    tmin: float = option(1.8, "lowest temperature of a geometric or linear ladder")
+    tmax: float = option(3.0, "highest temperature of a geometric or linear ladder")
+    replicas: typing.Optional[int] = option(
+        None, "R, number of temperatures (default: len(temperatures), else max(8, P) on P MPI "
+              "ranks)")
+    ladder: str = option("geometric", "temperature ladder", choices=LADDERS)
+    temperatures: typing.Optional[list[float]] = option(
+        None, "explicit ladder T1,T2,... (ascending)")
+    thermalize: int = option(1000, "sweeps before sampling")
+    sweeps: int = option(2000, "sweeps after thermalization", resume=True)
+    sample_every: int = option(10, "sweeps between stored samples")
+    exchange_every: int = option(1, "sweeps between replica-exchange rounds")
+    algorithm: str = option("metropolis", "update algorithm", choices=ALGORITHMS)
+    n_metropolis: int = option(1, "hybrid: Metropolis sweeps per step")
+    n_wolff: int = option(1, "hybrid: Wolff clusters per step")
+    seed: int = option(0, "random seed (streams per replica derive from it)")
+    out: str = option("runs/pt.h5", "HDF5 output path", resume=True)
+    checkpoint_every: int = option(1000, "sweeps between checkpoints", resume=True)
+    start: str = option("hot", "initial lattices: random (hot) or all +1 (cold)", choices=STARTS)
+    writer: str = option("auto", "who writes the file (see ising_dist.store)", choices=WRITERS,
+                         resume=True)
+    backend: str = option("auto", "kernels: native (C, built by CMake), numba, auto (native if "
+                                  "built), or cuda (an NVIDIA GPU; Metropolis only)",
+                          choices=BACKENDS, resume=True)
+    adapt_every: int = option(20, "adaptive ladder: exchange rounds between adjustments")
+    progress: bool = option(True, "progress lines (rank 0, rate-limited)", resume=True)
 
     def validate(self):
         def need(cond, msg):
@@ -189,9 +313,6 @@ class PTConfig:
         if self.replicas is None:
             self.replicas = 8
         need(self.replicas >= 2, f"replicas={self.replicas}: parallel tempering needs >= 2")
-        need(self.ladder in LADDERS, f"ladder={self.ladder!r}: choose one of {', '.join(LADDERS)}")
-        need(self.algorithm in ("metropolis", "wolff", "hybrid"),
-             f"algorithm={self.algorithm!r}: choose metropolis, wolff or hybrid")
         for key in ("sweeps", "sample_every", "exchange_every", "checkpoint_every",
                     "adapt_every", "n_wolff"):
             need(getattr(self, key) >= 1, f"{key}={getattr(self, key)}: must be >= 1")
@@ -202,10 +323,10 @@ class PTConfig:
         need(self.sweeps % self.sample_every == 0,
              f"sweeps={self.sweeps} is not a multiple of sample_every={self.sample_every}; "
              f"use sweeps={self.sweeps - self.sweeps % self.sample_every + self.sample_every}")
-        need(self.start in ("hot", "cold"), f"start={self.start!r}: choose hot or cold")
-        need(self.writer in WRITERS, f"writer={self.writer!r}: choose one of {', '.join(WRITERS)}")
-        need(self.backend in BACKENDS,
-             f"backend={self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        need(self.backend != "cuda" or self.algorithm == "metropolis",
+             f"algorithm={self.algorithm} with backend=cuda: the CUDA kernels run Metropolis "
+             "only; use --algorithm metropolis, or --backend native or numba for "
+             f"{self.algorithm}")
         need(bool(self.out), "out is empty: give the HDF5 output path, e.g. --out runs/pt.h5")
 
     def ladder_temperatures(self):

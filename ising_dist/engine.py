@@ -14,13 +14,30 @@ Algorithms, and what one "sweep" means for each:
   hybrid      ``n_metropolis`` Metropolis sweeps followed by ``n_wolff`` Wolff clusters
 """
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import kernels, native
+from .config import ALGORITHMS, BACKENDS  # the choice lists, defined once
 
-ALGORITHMS = ("metropolis", "wolff", "hybrid")
+
+def select_backend(name=None):
+    """Kernel functions of one backend (see :func:`ising_dist.native.select_backend` for the
+    namespace): "cuda" is :func:`ising_dist.gpu.select` (Metropolis only; numba.cuda is
+    imported only then), the others come from :mod:`ising_dist.native`. "auto" never picks
+    cuda. None: $ISING_BACKEND, else "auto". Raises ValueError for an unknown name and
+    RuntimeError, naming the fix, for a backend that cannot run here.
+    """
+    if name is None:
+        name = os.environ.get("ISING_BACKEND", "") or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r}: choose one of {', '.join(BACKENDS)}")
+    if name == "cuda":
+        from . import gpu
+        return gpu.select()
+    return native.select_backend(name)
 
 
 def check_size(L):
@@ -96,10 +113,10 @@ class Chains:
     counters: np.ndarray
     energy: np.ndarray
     magnet: np.ndarray
-    backend: str = None  # "native", "numba", "auto"; None: $ISING_BACKEND, else auto
+    backend: str = None  # one of BACKENDS; None: $ISING_BACKEND, else auto
 
     def __post_init__(self):
-        self.kern = native.select_backend(self.backend)
+        self.kern = select_backend(self.backend)
         self.keys, self.wkeys, _ = stream_keys(self.seed, self.replica_ids)
         self.flipped = np.zeros(len(self.replica_ids), np.int64)
 

@@ -20,9 +20,13 @@ threshold ``2·floor(a(ΔE) · 2^31)`` for ΔE ∈ {0, 4, 8} (see :func:`metropo
 moves with ΔE < 0 are always accepted.
 """
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import njit, prange
+
+from .codec import _pack
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -260,42 +264,6 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
         flipped[r] += nf
 
 
-# -- packed lattices -----------------------------------------------------------------------
-# Two bits a spin, code s + 1 (0 for -1, 2 for +1, 1 for 0: "no sample" in a partly filled
-# chunk), four spins a byte, the first in the most significant bits. This is the body of
-# HDF5's scale-offset encoding of int8 spins at minbits=2, minval=-1: the tempering loops
-# capture samples packed, a quarter of the bytes to copy, gather and write, and the writer
-# puts them into /spins chunks as they are (ising_dist.store). L is even, so L·L/4 is whole.
-
-@njit(inline="always")
-def _pack(src, dst):
-    """src int8 [4n] (values -1, 0, 1) → dst uint8 [n]."""
-    for j in range(dst.size):
-        i = 4 * j
-        dst[j] = (((src[i] + 1) << 6) | ((src[i + 1] + 1) << 4) | ((src[i + 2] + 1) << 2)
-                  | (src[i + 3] + 1))
-
-
-@njit(nogil=True, cache=True)
-def pack_spins(spins, packed):
-    """Pack C-contiguous int8 spins [..., L, L] into uint8 packed [..., L·L/4]."""
-    _pack(spins.reshape(spins.size), packed.reshape(packed.size))
-
-
-@njit(nogil=True, cache=True)
-def unpack_spins(packed, spins):
-    """The inverse of :func:`pack_spins`: uint8 packed [..., L·L/4] → int8 spins [..., L, L]."""
-    src = packed.reshape(packed.size)
-    dst = spins.reshape(spins.size)
-    for j in range(src.size):
-        b = src[j]
-        i = 4 * j
-        dst[i] = ((b >> 6) & 3) - 1
-        dst[i + 1] = ((b >> 4) & 3) - 1
-        dst[i + 2] = ((b >> 2) & 3) - 1
-        dst[i + 3] = (b & 3) - 1
-
-
 # -- parallel tempering ------------------------------------------------------------------
 # exchange statistics, rows of the int64 [4, R-1] array `exch`
 ATTEMPTED, ACCEPTED, WINDOW_ATTEMPTED, WINDOW_ACCEPTED = 0, 1, 2, 3
@@ -349,15 +317,60 @@ def _exchange_round(round_index, xkey, beta_slot, energy, slot_of, exch, directi
         direction[top] = -1
 
 
-@njit(inline="always")
-def next_event(s, every, offset):
-    """Smallest x > s with (x - offset) % every == 0 and x > offset."""
-    if s < offset:
-        return offset + every
-    return offset + ((s - offset) // every + 1) * every
-
+# -- the compiled tempering loop -----------------------------------------------------------
+# Event table: int64 [n, 3] rows (sweep, flags, exchange round), sweeps ascending, built once
+# per segment by ising_dist.tempering from its triggers (ising_dist.schedule). The loop
+# advances every replica to a row's sweep, then does what its flags say: an exchange round
+# (round index in the third column), then a sample. The last row is the segment's end,
+# with flags 0: its events are the caller's. hpc/ising_kernels.h has the same flags.
+EXCHANGE = 1
+SAMPLE = 2
 
 PT_PARALLEL_MIN_WORK = 1 << 20  # site updates in an interval between events
+
+
+class SegmentState(NamedTuple):
+    """The arrays a tempering segment reads and updates (one process holds every replica;
+    row r of the per-replica arrays is replica id r).
+
+    Per replica: spins int8 [R, L, L]; keys, wkeys uint64 [R] (Metropolis / Wolff stream
+    keys); counters uint64 [R] Wolff stream positions; energy, magnet int64 [R] totals;
+    flipped int64 [R] spins flipped by Wolff clusters. Per temperature slot: thr_slot uint64
+    [R, 3] (:func:`metropolis_thresholds`), padd_slot uint64 [R] (:func:`wolff_threshold`),
+    nw_slot int64 [R] Wolff clusters per step, beta_slot float64 [R]. Exchange state (as in
+    :func:`exchange_round`): slot_of int64 [R], exch int64 [4, R-1], direction int8 [R],
+    round_trips int64 [R], xkey uint64. n_metropolis: Metropolis sweeps per step (as in
+    :func:`advance_replicas`). Updated in place: counters, energy, magnet, flipped, spins and
+    the exchange state.
+    """
+    spins: np.ndarray
+    keys: np.ndarray
+    wkeys: np.ndarray
+    counters: np.ndarray
+    energy: np.ndarray
+    magnet: np.ndarray
+    flipped: np.ndarray
+    thr_slot: np.ndarray
+    padd_slot: np.ndarray
+    nw_slot: np.ndarray
+    beta_slot: np.ndarray
+    slot_of: np.ndarray
+    exch: np.ndarray
+    direction: np.ndarray
+    round_trips: np.ndarray
+    xkey: np.uint64
+    n_metropolis: int
+
+
+class SampleBuffer(NamedTuple):
+    """Samples a segment captures, C at most; sample j, row r (replica r): spins uint8
+    [C, R, L·L/4] its lattice packed (:func:`ising_dist.codec.pack_spins`), energy, magnet
+    float64 [C, R] per spin, slot int64 [C, R] its temperature slot; sweep int64 [C]."""
+    spins: np.ndarray
+    energy: np.ndarray
+    magnet: np.ndarray
+    slot: np.ndarray
+    sweep: np.ndarray
 
 
 @njit(inline="always")
@@ -366,86 +379,80 @@ def _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, sl
     """Replica r for n_steps steps at the parameters of its current slot (work arrays: its
     rows of the segment's)."""
     k = slot_of[r]
-    de, dm, nf, c = _advance_one(spins[r], thr_slot[k], padd_slot[k],
-                                 keys[r], wkeys[r], counters[r], step0, n_steps, n_metropolis,
-                                 nw_slot[k], stack[r], members[r], mark[r], out[r])
+    de, dm, nf, c = _advance_one(spins[r], thr_slot[k], padd_slot[k], keys[r], wkeys[r],
+                                 counters[r], step0, n_steps, n_metropolis, nw_slot[k],
+                                 stack[r], members[r], mark[r], out[r])
     counters[r] = c
     energy[r] += de
     magnet[r] += dm
     flipped[r] += nf
 
 
-def pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
-               slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
-               exchange_every, sample_every, thermalize, energy, magnet, flipped,
-               out_spins, out_energy, out_magnet, out_slot, out_sweep):
-    """Parallel tempering of all R replicas from sweep0 to sweep1 (see :func:`_pt_segment`).
-    Threads wake up for every parallel loop between two events: when the events are close
-    together (less than PT_PARALLEL_MIN_WORK site updates apart) one thread runs the loop."""
-    args = (spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters, slot_of,
-            exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis, exchange_every,
-            sample_every, thermalize, energy, magnet, flipped, out_spins, out_energy,
-            out_magnet, out_slot, out_sweep)
+def pt_segment(st, sweep0, events, out):
+    """Parallel tempering of all R replicas from sweep0 through the event table ``events``
+    (see :func:`_pt_segment`). Threads wake up for every parallel loop between two events:
+    when the events are close together (less than PT_PARALLEL_MIN_WORK site updates apart
+    on average) one thread runs the loop. Returns the number of samples written to out."""
     threads = numba.get_num_threads()
-    if threads == 1 or min(exchange_every, sample_every) * spins.size >= PT_PARALLEL_MIN_WORK:
-        return _pt_segment(*args)
+    gap = (int(events[-1, 0]) - sweep0) / len(events)  # sweeps between events, on average
+    if threads == 1 or gap * st.spins.size >= PT_PARALLEL_MIN_WORK:
+        return _pt_segment(st, sweep0, events, out)
     numba.set_num_threads(1)
     try:
-        return _pt_segment(*args)
+        return _pt_segment(st, sweep0, events, out)
     finally:
         numba.set_num_threads(threads)
 
 
 @njit(parallel=True, nogil=True, cache=True)  # nogil: the writer thread streams meanwhile
-def _pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
-                slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
-                exchange_every, sample_every, thermalize, energy, magnet, flipped,
-                out_spins, out_energy, out_magnet, out_slot, out_sweep):
+def _pt_segment(st, sweep0, events, out):
     """Parallel tempering of all R replicas (one process holds every replica, row r = id r)
-    from sweep0 to sweep1, with the events of every sweep s, sweep0 < s < sweep1:
-    an exchange round (:func:`exchange_round`) when s % exchange_every == 0, then a sample
-    when s > thermalize and (s - thermalize) % sample_every == 0. Events at sweep1 are left
-    to the caller. Same trajectory as advance_replicas + exchange_round called in turn.
+    from sweep0 through the event table: for each row (s, flags, round) in turn, every
+    replica advances to sweep s (:func:`advance_replicas`, at the parameters of its slot),
+    then an exchange round ``round`` (:func:`exchange_round`) if flags has EXCHANGE, then a
+    sample into out if flags has SAMPLE. Same trajectory as advance_replicas and
+    exchange_round called in turn.
 
-    Per-slot parameters: thr_slot uint64 [R, 3], padd_slot uint64 [R], nw_slot int64 [R]
-    (Wolff clusters per step), beta_slot float64 [R]. Sample j, row r (replica r):
-    out_spins uint8 [C, R, L·L/4] its lattice packed (:func:`pack_spins`), out_energy/out_magnet float64 [C, R] per spin, out_slot
-    int64 [C, R] its temperature slot, out_sweep int64 [C]; the caller makes C large enough.
-    Returns the number of samples written. Other arguments as in advance_replicas /
-    exchange_round.
+    st: :class:`SegmentState`; events int64 [n, 3], n >= 1, sweeps ascending after sweep0;
+    out: :class:`SampleBuffer` with room for the samples (the caller counts them). Returns
+    the number of samples written.
     """
-    R = spins.shape[0]
-    L = spins.shape[2]
+    R = st.spins.shape[0]
+    L = st.spins.shape[2]
     N = L * L
     n_out = 0
     # work arrays, allocated once: exchanges, Wolff clusters (when any), Metropolis rows
     replica_at = np.empty(R, np.int64)
-    W = N if nw_slot.max() > 0 else 1
+    W = N if st.nw_slot.max() > 0 else 1
     stack = np.empty((R, W), np.int64)
     members = np.empty((R, W), np.int64)
     mark = np.zeros((R, W), np.bool_)
-    out = np.empty((R, L), np.int8)
+    rows = np.empty((R, L), np.int8)
+    # the arrays out of the tuple before the parallel loop: numba 0.68's parfors lose writes
+    # to arrays reached through a tuple inside prange
+    spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, slot_of, energy, magnet, \
+        flipped = (st.spins, st.thr_slot, st.padd_slot, st.nw_slot, st.keys, st.wkeys,
+                   st.counters, st.slot_of, st.energy, st.magnet, st.flipped)
+    n_metropolis = st.n_metropolis
     s = sweep0
-    while s < sweep1:
-        nxt = min(sweep1, next_event(s, exchange_every, 0),
-                  next_event(s, sample_every, thermalize))
+    for e in range(events.shape[0]):
+        nxt = events[e, 0]
         for r in prange(R):
             _advance_slot(spins, thr_slot, padd_slot, nw_slot, keys, wkeys, counters, slot_of,
                           energy, magnet, flipped, r, s, nxt - s, n_metropolis, stack,
-                          members, mark, out)
+                          members, mark, rows)
         s = nxt
-        if s == sweep1:
-            break
-        if s % exchange_every == 0:
-            _exchange_round(s // exchange_every, xkey, beta_slot, energy, slot_of, exch,
-                            direction, round_trips, replica_at)
-        if s > thermalize and (s - thermalize) % sample_every == 0:
+        flags = events[e, 1]
+        if flags & EXCHANGE:
+            _exchange_round(events[e, 2], st.xkey, st.beta_slot, st.energy, st.slot_of,
+                            st.exch, st.direction, st.round_trips, replica_at)
+        if flags & SAMPLE:
             for r in range(R):
-                _pack(spins[r].reshape(N), out_spins[n_out, r])
-                out_energy[n_out, r] = energy[r] / N
-                out_magnet[n_out, r] = magnet[r] / N
-                out_slot[n_out, r] = slot_of[r]
-            out_sweep[n_out] = s
+                _pack(st.spins[r].reshape(N), out.spins[n_out, r])
+                out.energy[n_out, r] = st.energy[r] / N
+                out.magnet[n_out, r] = st.magnet[r] / N
+                out.slot[n_out, r] = st.slot_of[r]
+            out.sweep[n_out] = s
             n_out += 1
     return n_out
 

@@ -1,8 +1,11 @@
 """The only module that imports mpi4py. Without mpiexec (or without mpi4py) it falls back to a
 serial communicator of size 1, so every code path also runs in a plain Python process.
 
-Only the few collective operations the package needs are exposed, on Python objects (and one
-on numpy rows, for the per-event energy exchange of parallel tempering).
+Only the few collective operations the package needs are exposed, on Python objects (and
+buffer ones on numpy arrays, for the energy exchange of parallel tempering and blocks of
+samples). No mpi4py object leaves this module except into h5py, which takes one: compiled code
+gets the communicator's Fortran handle and checks the MPI library version
+(ising_dist.native), the collective writer gets h5py's communicator (ising_dist.writers).
 """
 
 import os
@@ -35,7 +38,6 @@ class SerialComm:
     """Size-1 stand-in with the same methods as :class:`MPIComm`."""
     rank = 0
     size = 1
-    mpi = None
 
     def bcast(self, obj, root=0):
         return obj
@@ -60,6 +62,19 @@ class SerialComm:
     def barrier(self):
         pass
 
+    def fortran_handle(self):
+        """No MPI communicator to hand to compiled code: RuntimeError."""
+        raise RuntimeError("no MPI communicator: the process was not launched by mpiexec/srun")
+
+    def library_version(self):
+        """None: no MPI library in use."""
+        return None
+
+    def h5py_comm(self):
+        """The communicator for h5py's mpio driver: none without MPI."""
+        raise RuntimeError("parallel HDF5 (h5py's mpio driver) needs an MPI launch: run under "
+                           "mpiexec/srun, or write with one process (--writer gather)")
+
     def abort(self, code=1):
         """Exit now, without clean-up (e.g. of an HDF5 file whose writes failed)."""
         _flush_output()
@@ -70,30 +85,30 @@ class MPIComm:
     """COMM_WORLD of mpi4py with the methods of :class:`SerialComm`."""
 
     def __init__(self, MPI):
-        self.mpi = MPI
-        self.comm = MPI.COMM_WORLD
-        self.rank = self.comm.Get_rank()
-        self.size = self.comm.Get_size()
+        self._MPI = MPI
+        self._comm = MPI.COMM_WORLD
+        self.rank = self._comm.Get_rank()
+        self.size = self._comm.Get_size()
 
     # one rank: no pickling round trip (mpi4py would copy every array, e.g. blocks of
     # samples, through fresh memory: page faults cost a quarter of a fast run)
     def bcast(self, obj, root=0):
-        return obj if self.size == 1 else self.comm.bcast(obj, root=root)
+        return obj if self.size == 1 else self._comm.bcast(obj, root=root)
 
     def gather(self, obj, root=0):
-        return [obj] if self.size == 1 else self.comm.gather(obj, root=root)
+        return [obj] if self.size == 1 else self._comm.gather(obj, root=root)
 
     def allgather(self, obj):
-        return [obj] if self.size == 1 else self.comm.allgather(obj)
+        return [obj] if self.size == 1 else self._comm.allgather(obj)
 
     def allreduce_max(self, value):
-        return self.comm.allreduce(value, op=self.mpi.MAX)
+        return self._comm.allreduce(value, op=self._MPI.MAX)
 
     def allgather_array(self, row):
         """Rows of every rank stacked: [size, *row.shape] (same shape and dtype everywhere).
         A buffer collective: microseconds, where the pickling allgather costs tens."""
         out = np.empty((self.size,) + row.shape, row.dtype)
-        self.comm.Allgather(np.ascontiguousarray(row), out)
+        self._comm.Allgather(np.ascontiguousarray(row), out)
         return out
 
     def gather_blocks(self, a, root=0):
@@ -104,19 +119,34 @@ class MPIComm:
             return [a]
         a = np.ascontiguousarray(a)
         n = np.zeros(self.size if self.rank == root else 0, np.int64)
-        self.comm.Gather(np.array([a.shape[1]], np.int64), n, root=root)
+        self._comm.Gather(np.array([a.shape[1]], np.int64), n, root=root)
         if self.rank != root:
-            self.comm.Gatherv(a, None, root=root)
+            self._comm.Gatherv(a, None, root=root)
             return None
         per = a.size // a.shape[1]  # elements per unit of axis 1 (every rank has replicas)
         counts = [int(m) * per for m in n]
         buf = np.empty(sum(counts), a.dtype)
-        self.comm.Gatherv(a, (buf, counts), root=root)
+        self._comm.Gatherv(a, (buf, counts), root=root)
         parts = np.split(buf, np.cumsum(counts)[:-1])
         return [p.reshape((a.shape[0], int(m)) + a.shape[2:]) for p, m in zip(parts, n)]
 
     def barrier(self):
-        self.comm.Barrier()
+        self._comm.Barrier()
+
+    def fortran_handle(self):
+        """The communicator's Fortran handle (MPI_Comm_c2f), an int, for compiled code that
+        calls MPI itself (libising_pt_mpi.so converts it back with MPI_Comm_f2c)."""
+        return self._comm.py2f()
+
+    def library_version(self):
+        """MPI_Get_library_version of the MPI library mpi4py calls (compiled code checks it
+        calls the same one)."""
+        return self._MPI.Get_library_version()
+
+    def h5py_comm(self):
+        """The communicator for h5py's mpio driver (``h5py.File(..., driver="mpio",
+        comm=...)``): mpi4py's COMM_WORLD, which h5py takes as it is."""
+        return self._comm
 
     def abort(self, code=1):
         """End every rank now (others may wait in a collective), without clean-up; never
@@ -127,7 +157,7 @@ class MPIComm:
         # mpiexec forwards a rank's output asynchronously, and an abort that reaches it first
         # loses what was just printed (MPICH's hydra, about 1 run in 15 here): give it a moment
         time.sleep(ABORT_GRACE_S)
-        self.comm.Abort(code)
+        self._comm.Abort(code)
         os._exit(code)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 BUILD_HINT = "cmake -S . -B build && cmake --build build"
 LIB_NAME = "libising_kernels.so"
-ABI_VERSION = 4  # must equal ISING_ABI_VERSION in hpc/ising_kernels.h
+ABI_VERSION = 5  # must equal ISING_ABI_VERSION in hpc/ising_kernels.h
 
 # "auto" prefers the native backend when the library is built: it was faster in every
 # Metropolis and Wolff workload of `python -m benchmarks.native`
@@ -62,12 +62,29 @@ _I8, _U8, _I64, _U64, _F64 = (np.dtype(t) for t in (np.int8, np.uint8, np.int64,
                                                    np.float64))
 
 
-# ising_pt_segment_ranks: spins … energy_all (see _segment_args), then the samples,
-# capacity, *n_out, n_threads; the single-rank entry adds (share, share_ctx) in between
-_SEGMENT_HEAD = [_i8p, _i64, _i64, _i64, _i64, _u64p, _u64p, _i64p, _f64p, _u64p, _u64p, _u64p,
-                 _i64p, _i64p, _i8p, _i64p, _u64, _i64, _i64, _i64, _i64, _i64, _i64, _i64p,
-                 _i64p, _i64p, _i64p]
-_SEGMENT_TAIL = [_i8p, _f64p, _f64p, _i64p, _i64p, _i64, ctypes.POINTER(_i64), ctypes.c_int]
+
+
+class _PTState(ctypes.Structure):
+    """ising_pt_state of hpc/ising_kernels.h (array members as addresses)."""
+    _fields_ = [(name, _i64) for name in ("L", "R", "R_local", "id0")] \
+        + [(name, ctypes.c_void_p) for name in (
+            "spins", "keys", "wkeys", "counters", "energy", "magnet", "flipped", "thr_slot",
+            "padd_slot", "nw_slot", "beta_slot")] \
+        + [("n_metropolis", _i64), ("xkey", _u64)] \
+        + [(name, ctypes.c_void_p) for name in (
+            "slot_of", "exch", "direction", "round_trips", "energy_all")]
+
+
+class _PTSamples(ctypes.Structure):
+    """ising_pt_samples of hpc/ising_kernels.h."""
+    _fields_ = [(name, ctypes.c_void_p) for name in ("spins", "energy", "magnet", "slot",
+                                                      "sweep")] + [("capacity", _i64)]
+
+
+# ising_pt_segment_ranks / _mpi after their leading arguments: state, sweep0, events,
+# n_events, [share, share_ctx,] samples, *n_out, n_threads
+_SEGMENT_HEAD = [ctypes.POINTER(_PTState), _i64, _i64p, _i64]
+_SEGMENT_TAIL = [ctypes.POINTER(_PTSamples), ctypes.POINTER(_i64), ctypes.c_int]
 
 
 def candidate_paths():
@@ -140,11 +157,15 @@ MPI_LIB_NAME = "libising_pt_mpi.so"
 _mpi_lib = None
 
 
-def mpi_segment_available(mpi):
+def mpi_segment_available(comm):
     """True when libising_pt_mpi.so (built by CMake next to the kernel library when MPI was
-    found) is loadable and calls the same, initialised MPI library as mpi4py's module
-    ``mpi``; then :func:`pt_segment_mpi` can be used. A library linked against another MPI
-    (e.g. Debian's MPICH under .venv-parallel) is left alone."""
+    found) is loadable and calls the same, initialised MPI library as the communicator
+    ``comm`` (:mod:`ising_dist.mpi`; its ``library_version()``, None without MPI); then
+    :func:`pt_segment_mpi` can be used. A library linked against another MPI (e.g. Debian's
+    MPICH under .venv-parallel) is left alone."""
+    version = comm.library_version()
+    if version is None:
+        return False
     global _mpi_lib
     if _mpi_lib is not None:
         return bool(_mpi_lib)
@@ -165,7 +186,7 @@ def mpi_segment_available(mpi):
     except (OSError, AttributeError):
         return False
     if mlib.ising_pt_mpi_initialized() != 1 or \
-            buf.value.decode(errors="replace").strip() != mpi.Get_library_version().strip():
+            buf.value.decode(errors="replace").strip() != version.strip():
         return False
     mlib.ising_pt_segment_mpi.restype = ctypes.c_int
     mlib.ising_pt_segment_mpi.argtypes = [ctypes.c_int, _i64p, _i64p] + _SEGMENT_HEAD \
@@ -326,95 +347,80 @@ def advance_replicas(spins, thr, padd, keys, wkeys, counters, sweep0, n_sweeps,
     _check(rc, "advance_replicas")
 
 
-def _segment_args(spins, id0, R, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys,
-                  counters, slot_of, exch, direction, round_trips, xkey, sweep0, sweep1,
-                  n_metropolis, exchange_every, sample_every, thermalize, energy, magnet,
-                  flipped, energy_all, outs):
-    """Validated ctypes arguments of ising_pt_segment_ranks from ``spins`` to ``energy_all``
-    (None: one rank), and of the samples ``outs`` (out_spins … out_sweep, then capacity)."""
-    L = _lattices(spins, 3)
-    n_local = spins.shape[0]
+def _segment_args(st, id0, R, energy_all, sweep0, events, out):
+    """Validated ctypes arguments of ising_pt_segment_ranks: (state, sweep0, events,
+    n_events) and the samples. st: kernels.SegmentState of this rank's replicas id0 … (all R
+    of them when energy_all is None, one rank); out: kernels.SampleBuffer."""
+    L = _lattices(st.spins, 3)
+    n_local = st.spins.shape[0]
     if not (1 <= n_local and 0 <= id0 and id0 + n_local <= R):
         raise ValueError(f"replica block id0={id0} of {n_local} replicas does not fit "
                          f"R={R} replicas")
-    _array("thr_slot", thr_slot, _U64, (R, 3))
-    for name, a, dt in (("padd_slot", padd_slot, _U64), ("nw_slot", nw_slot, _I64),
-                        ("beta_slot", beta_slot, _F64)):
-        _array(name, a, dt, (R,))
-    for name, a, dt in (("slot_of", slot_of, _I64), ("direction", direction, _I8),
-                        ("round_trips", round_trips, _I64)):
-        _array(name, a, dt, (R,), writeable=True)
-    _array("exch", exch, _I64, (4, R - 1), writeable=True)
-    for name, a, dt in (("keys", keys, _U64), ("wkeys", wkeys, _U64)):
-        _array(name, a, dt, (n_local,))
-    for name, a, dt in (("counters", counters, _U64), ("energy", energy, _I64),
-                        ("magnet", magnet, _I64), ("flipped", flipped, _I64)):
-        _array(name, a, dt, (n_local,), writeable=True)
+    _array("thr_slot", st.thr_slot, _U64, (R, 3))
+    for name, dt in (("padd_slot", _U64), ("nw_slot", _I64), ("beta_slot", _F64)):
+        _array(name, getattr(st, name), dt, (R,))
+    for name, dt in (("slot_of", _I64), ("direction", _I8), ("round_trips", _I64)):
+        _array(name, getattr(st, name), dt, (R,), writeable=True)
+    _array("exch", st.exch, _I64, (4, R - 1), writeable=True)
+    for name in ("keys", "wkeys"):
+        _array(name, getattr(st, name), _U64, (n_local,))
+    for name, dt in (("counters", _U64), ("energy", _I64), ("magnet", _I64),
+                     ("flipped", _I64)):
+        _array(name, getattr(st, name), dt, (n_local,), writeable=True)
     if energy_all is not None:
         _array("energy_all", energy_all, _I64, (R,), writeable=True)
-    out_spins, out_energy, out_magnet, out_slot, out_sweep = outs
-    cap = out_sweep.shape[0] if isinstance(out_sweep, np.ndarray) else -1
-    _array("out_spins", out_spins, _U8, (cap, n_local, L * L // 4), writeable=True)
-    for name, a, dt in (("out_energy", out_energy, _F64), ("out_magnet", out_magnet, _F64),
-                        ("out_slot", out_slot, _I64)):
-        _array(name, a, dt, (cap, n_local), writeable=True)
-    _array("out_sweep", out_sweep, _I64, (cap,), writeable=True)
-    head = [_ptr(spins), n_local, int(id0), R, L, _ptr(thr_slot), _ptr(padd_slot),
-            _ptr(nw_slot), _ptr(beta_slot), _ptr(keys), _ptr(wkeys), _ptr(counters),
-            _ptr(slot_of), _ptr(exch), _ptr(direction), _ptr(round_trips), _key(xkey),
-            _count("sweep0", sweep0), _count("sweep1", sweep1),
-            _count("n_metropolis", n_metropolis), _count("exchange_every", exchange_every),
-            _count("sample_every", sample_every), _count("thermalize", thermalize),
-            _ptr(energy), _ptr(magnet), _ptr(flipped),
-            None if energy_all is None else _ptr(energy_all)]
-    return head, [_ptr(a) for a in outs] + [cap]
+    _array("events", events, _I64)
+    if events.ndim != 2 or events.shape[1] != 3 or len(events) < 1:
+        raise ValueError(f"events of shape {events.shape}: expected [n >= 1, 3] rows "
+                         "(sweep, flags, exchange round)")
+    cap = out.sweep.shape[0] if isinstance(out.sweep, np.ndarray) else -1
+    _array("out.spins", out.spins, _U8, (cap, n_local, L * L // 4), writeable=True)
+    for name, dt in (("energy", _F64), ("magnet", _F64), ("slot", _I64)):
+        _array(f"out.{name}", getattr(out, name), dt, (cap, n_local), writeable=True)
+    _array("out.sweep", out.sweep, _I64, (cap,), writeable=True)
+    state = _PTState(L, R, n_local, int(id0), *(_ptr(getattr(st, name)) for name in (
+        "spins", "keys", "wkeys", "counters", "energy", "magnet", "flipped", "thr_slot",
+        "padd_slot", "nw_slot", "beta_slot")), _count("n_metropolis", st.n_metropolis),
+        _key(st.xkey), *(_ptr(getattr(st, name)) for name in (
+            "slot_of", "exch", "direction", "round_trips")),
+        None if energy_all is None else _ptr(energy_all))
+    samples = _PTSamples(*(_ptr(a) for a in out), cap)
+    # (byref keeps the structures alive through the call)
+    return (ctypes.byref(state), _count("sweep0", sweep0), _ptr(events), len(events)), \
+        (ctypes.byref(samples),)
 
 
-def pt_segment(spins, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
-               slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
-               exchange_every, sample_every, thermalize, energy, magnet, flipped,
-               out_spins, out_energy, out_magnet, out_slot, out_sweep, n_threads=None):
-    """Parallel tempering of all replicas from sweep0 to sweep1 with the exchanges and
-    samples in between; same contract as :func:`ising_dist.kernels.pt_segment`.
-    Returns the number of samples written to out_*."""
+def pt_segment(st, sweep0, events, out, n_threads=None):
+    """Parallel tempering of all replicas from sweep0 through the event table ``events``;
+    same contract as :func:`ising_dist.kernels.pt_segment` (st a kernels.SegmentState, out
+    a kernels.SampleBuffer). Returns the number of samples written to out."""
     lib = library()
-    head, outs = _segment_args(
-        spins, 0, spins.shape[0] if isinstance(spins, np.ndarray) else 0, thr_slot,
-        padd_slot, nw_slot, beta_slot, keys, wkeys, counters, slot_of, exch, direction,
-        round_trips, xkey, sweep0, sweep1, n_metropolis, exchange_every, sample_every,
-        thermalize, energy, magnet, flipped, None,
-        (out_spins, out_energy, out_magnet, out_slot, out_sweep))
+    R = st.spins.shape[0] if isinstance(st.spins, np.ndarray) else 0
+    head, tail = _segment_args(st, 0, R, None, sweep0, events, out)
     n_out = _i64()
-    rc = lib.ising_pt_segment_ranks(*head, None, None, *outs, n_out, _threads(n_threads))
+    rc = lib.ising_pt_segment_ranks(*head, None, None, *tail, n_out, _threads(n_threads))
     _check(rc, "pt_segment")
     return n_out.value
 
 
-def pt_segment_mpi(comm, counts, displs, id0, spins, thr_slot, padd_slot, nw_slot,
-                   beta_slot, keys, wkeys, counters, slot_of, exch, direction, round_trips,
-                   xkey, sweep0, sweep1, n_metropolis, exchange_every, sample_every,
-                   thermalize, energy, magnet, flipped, energy_all, out_spins, out_energy,
-                   out_magnet, out_slot, out_sweep, n_threads=None):
-    """:func:`pt_segment` across MPI ranks (collective over mpi4py communicator ``comm``):
-    this rank holds replicas id0 … id0+R_local-1 (rows of spins, keys, counters, energy,
-    magnet, flipped); counts, displs int32 [size] every rank's block. slot_of, exch,
-    direction, round_trips and energy_all int64 [R] (energies by replica id at the last
-    exchange round) are global, identical on every rank. Samples hold the local replicas
-    (out_* rows as in pt_segment, R_local wide). Needs :func:`mpi_segment_available`."""
+def pt_segment_mpi(comm, counts, displs, id0, st, energy_all, sweep0, events, out,
+                   n_threads=None):
+    """:func:`pt_segment` across MPI ranks (collective over ``comm``, an
+    :mod:`ising_dist.mpi` communicator): this rank holds replicas id0 … id0+R_local-1 (the
+    per-replica rows of st); counts, displs int32 [size] every rank's block. The exchange
+    state of st (slot_of, exch, direction, round_trips) is global, identical on every rank;
+    energy_all int64 [R] is a work array (energies by replica id at the last exchange
+    round). Samples hold the local replicas (out rows R_local wide). Needs
+    :func:`mpi_segment_available`."""
     if not _mpi_lib:
         raise RuntimeError("libising_pt_mpi.so is not usable here (see mpi_segment_available)")
-    size = comm.Get_size()
-    _array("counts", counts, np.dtype(np.int32), (size,))
-    _array("displs", displs, np.dtype(np.int32), (size,))
-    R = int(counts.sum())
-    head, outs = _segment_args(
-        spins, id0, R, thr_slot, padd_slot, nw_slot, beta_slot, keys, wkeys, counters,
-        slot_of, exch, direction, round_trips, xkey, sweep0, sweep1, n_metropolis,
-        exchange_every, sample_every, thermalize, energy, magnet, flipped, energy_all,
-        (out_spins, out_energy, out_magnet, out_slot, out_sweep))
+    _array("counts", counts, np.dtype(np.int32), (comm.size,))
+    _array("displs", displs, np.dtype(np.int32), (comm.size,))
+    head, tail = _segment_args(st, id0, int(counts.sum()), energy_all, sweep0, events, out)
     n_out = _i64()
-    rc = _mpi_lib.ising_pt_segment_mpi(comm.py2f(), counts.ctypes.data, displs.ctypes.data,
-                                       *head, *outs, n_out, _threads(n_threads))
+    rc = _mpi_lib.ising_pt_segment_mpi(comm.fortran_handle(), counts.ctypes.data,
+                                       displs.ctypes.data, *head, *tail, n_out,
+                                       _threads(n_threads))
     if rc >= 1000:
         raise RuntimeError(f"pt_segment_mpi: MPI error code {rc - 1000}")
     _check(rc, "pt_segment_mpi")
@@ -435,25 +441,21 @@ def energy_magnetization(spins):
 
 
 # ---------------------------------------------------------------------------- selection
-BACKENDS = ("native", "numba", "auto")
-
-
-def select_backend(name=None):
-    """Kernel functions of one backend, as a namespace with the attributes
-    ``name, metropolis_sweep, advance_replicas, energy_magnetization, metropolis_thresholds,
-    wolff_threshold, pt_segment`` (same signatures in both backends).
+def select_backend(name="auto"):
+    """Kernel functions of the native or the numba backend, as a namespace with the
+    attributes ``name, metropolis_sweep, advance_replicas, energy_magnetization,
+    metropolis_thresholds, wolff_threshold, pt_segment`` (same signatures in both backends).
 
     name: "native" needs the built library (RuntimeError naming the build command
     otherwise); "numba" always works; "auto" is native when it is built (see
-    AUTO_PREFERS_NATIVE), else numba. None: $ISING_BACKEND, else "auto" (so a test suite or a
-    job script can pin the backend without code changes).
+    AUTO_PREFERS_NATIVE), else numba; anything else: ValueError. Runs choose their backend
+    through :func:`ising_dist.engine.select_backend` (the run config's choices, including
+    cuda, and $ISING_BACKEND).
     """
     from . import kernels
 
-    if name is None:
-        name = os.environ.get("ISING_BACKEND", "") or "auto"
-    if name not in BACKENDS:
-        raise ValueError(f"backend={name!r}: choose one of {', '.join(BACKENDS)}")
+    if name not in ("native", "numba", "auto"):
+        raise ValueError(f"backend={name!r}: choose one of native, numba, auto")
     if name == "auto":
         name = "native" if AUTO_PREFERS_NATIVE and available() else "numba"
     if name == "native":

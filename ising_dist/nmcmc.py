@@ -38,7 +38,7 @@ Proposals (:func:`proposal_for`):
   refused         AE (a deterministic code without a prior) and GANs (a generator without a
                   density) have no likelihood, so nothing can correct their samples.
 
-Output: an HDF5 file of the run-file contract (DESIGN.md, schema_version 1; ising_dist.store
+Output: an HDF5 file of the run-file contract (DESIGN.md, schema_version 1; ising_dist.writers
 writes it), so ``evaluate``, ``train`` and h5ls read it. Row r of /spins, /energy,
 /magnetization is the chain at /temperatures[r]; sample s is the chain's state after proposal s
 (/sweep[s] = s + 1, counting recorded proposals; burn-in proposals are not recorded). Also:
@@ -73,10 +73,14 @@ import torch.nn.functional as F
 import yaml
 
 from . import __version__
+from . import config as cfgmod
 from . import observables as obs
+from .config import option
 from .exact import kaufman_log_z
 from .models import load_model
-from .store import LIBVER, RunWriter, StoreError
+from .codec import pack
+from .store import LIBVER, StoreError
+from .writers import RunWriter
 
 LOG_2PI = math.log(2 * math.pi)
 TAU_FLOOR = 0.5          # τ_int of i.i.d. data (observables' convention)
@@ -409,26 +413,31 @@ def parse_temperatures(text: str) -> list[float]:
     return sorted(temps)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass
+class NMCMCConfig:
+    """One neural-MCMC run (the flags of ``python -m ising_dist.nmcmc``; the values are
+    checked by :func:`run`, whose errors name the flag)."""
+    model: str = option(help="run directory of python -m ising_dist.train (or its model.pt)")
+    temperatures: str = option(help="T1,T2,… (units of J/k_B)")
+    steps: int = option(help="recorded proposals (= chain steps) per temperature")
+    out: str = option(help="HDF5 file to write")
+    seed: int = option(0, "random seed")
+    k: int = option(4, "codes per proposal of the VAE/cVAE pseudo-marginal estimate")
+    batch: int = option(1024, "proposals drawn at once")
+    burn_in: int = option(1000, "unrecorded proposals before the recorded ones")
+    L: Optional[int] = option(None, "refuse a model of another lattice size")
+    overwrite: bool = option(False, "replace an existing --out")
+    quiet: bool = option(False, "no progress bar")
+
+
+def parse_args(argv=None) -> NMCMCConfig:
+    """The command line as an NMCMCConfig (argparse exits 2 on a missing or non-integer
+    value)."""
     p = argparse.ArgumentParser(prog="python -m ising_dist.nmcmc",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="run directory of python -m ising_dist.train (or its model.pt)")
-    p.add_argument("--temperatures", required=True, help="T1,T2,… (units of J/k_B)")
-    p.add_argument("--steps", type=int, required=True,
-                   help="recorded proposals (= chain steps) per temperature")
-    p.add_argument("--out", required=True, help="HDF5 file to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=4,
-                   help="codes per proposal of the VAE/cVAE pseudo-marginal estimate (default 4)")
-    p.add_argument("--batch", type=int, default=1024, help="proposals drawn at once (1024)")
-    p.add_argument("--burn-in", type=int, default=1000, dest="burn_in",
-                   help="unrecorded proposals before the recorded ones (default 1000)")
-    p.add_argument("--L", type=int, help="refuse a model of another lattice size")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    cfgmod.add_flags(p, NMCMCConfig)
+    return NMCMCConfig(**cfgmod.given_flags(p.parse_args(argv), NMCMCConfig))
 
 
 def _check_args(args) -> list[float]:
@@ -447,7 +456,7 @@ def _check_args(args) -> list[float]:
     return temps
 
 
-def run(args) -> tuple[list[dict], int]:
+def run(args: NMCMCConfig) -> tuple[list[dict], int]:
     """The CLI's work after parsing: checks, sampling, the file. Returns (results of
     :func:`run_chains`, L). Raises NMCMCError, StoreError or RunLockedError with a user
     message."""
@@ -473,8 +482,7 @@ def run(args) -> tuple[list[dict], int]:
 
         def sink(s0, states, e, m):
             b = states.shape[0]
-            w.append_block(np.arange(s0 + 1, s0 + b + 1), states, e, m,
-                           np.broadcast_to(rows, (b, len(temps))))
+            w.write(np.arange(s0 + 1, s0 + b + 1), pack(states), e, m, rows)  # (new arrays)
 
         bar = None
         if not args.quiet:

@@ -3,11 +3,20 @@
     python -m ising_dist.train --config configs/train/demo.yaml [--data F.h5] [--out DIR]
                                [--workers N] [--gpus G] [--epochs E] [--resume]
 
+Every flag is a TrainConfig field (``--help``); flags override the preset.
+
 Ray sits at the edge only: :func:`train_loop` (one per worker) is plain PyTorch around
-``ising_dist.models.train_epoch`` / ``evaluate_epoch``; Ray appears in it only to prepare the
-model (DDP, device), to report metrics and to hand over checkpoints. Without a cluster Ray is
-started locally; with ``RAY_ADDRESS`` set, or under ``ray job submit --working-dir . --
-python -m ising_dist.train …``, the run uses that cluster (give absolute --data/--out there).
+``ising_dist.models.train_epoch`` / ``evaluate_epoch``; rank, device, DDP, reports,
+checkpoints and stop requests reach it through a session (ising_dist.session): a RaySession
+per Ray Train worker, or a LocalSession that runs it in this process without Ray
+(``run(cfg, local=True)``: tests, notebooks). Without a cluster Ray is started locally, and
+kept quiet (only our progress lines reach the terminal; ``--verbose`` shows Ray's own logs);
+with ``RAY_ADDRESS`` set, or under ``ray job submit --working-dir . -- python -m
+ising_dist.train …``, the run uses that cluster (give absolute --data/--out there).
+
+SIGTERM or SIGINT (Ctrl-C, Slurm's time-limit warning: slurm/train.sh) stops the run after
+the checkpoint of the epoch in progress and exits 0, printing the ``--resume`` command; a
+second signal stops at once (exit 1), keeping the newest checkpoint.
 
 The run directory (--out, default runs/train/<name>) holds:
     config.yaml          the resolved TrainConfig (model L filled in, absolute paths)
@@ -29,87 +38,82 @@ repeats what an uninterrupted one would have done.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import functools
 import glob
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from . import config as cfgmod
-from .config import ConfigError
+from .config import ConfigError, option
 from .runlock import RunLock, RunLockedError
+from .session import LocalSession, RaySession, clear_stop, request_stop
 from .data import MEMORY_MB, DataError, batches, make_datasets, same_data
 from .models import ModelConfig, build_model, evaluate_epoch, save_model, train_epoch
 from .models.loop import evaluate_variational, train_variational_epoch, unwrap
 
 STATE_FORMAT = "ising_dist.train_state"
 STATE_VERSION = 1
-# keys a --resume may change; everything else must match the run being resumed
-RESUME_MAY_CHANGE = ("epochs", "workers", "gpus", "cpus_per_worker", "threads", "max_failures",
-                     "keep_checkpoints", "progress", "out", "data", "chaos_kill_epoch")
-
-
 @dataclass
 class TrainConfig:
     """One training run. Sizes: batch_size is the global batch (split over workers).
 
-    data             the HDF5 file of ``python -m ising_dist.pt`` (absolute under a cluster)
-    out              run directory (default runs/train/<name>)
-    temperatures     train on these ladder temperatures (default: all) …
-    tmin, tmax       … or on the range tmin ≤ T ≤ tmax
-    skip             samples per temperature dropped at the start (burn-in)
-    val_fraction, test_fraction   time-ordered split (see ising_dist.data)
-    data_memory_mb   MiB of spins (1 byte each) a worker holds per split: a split up to this
-                     size is read into memory, a larger one streams in slabs through a cache
-                     of this size (ising_dist.data.batches)
-    shuffle_window   samples shuffled together (default: the whole split in memory, half the
-                     cache when streaming); the batches depend on it, not on memory vs stream
-    model            a ModelConfig mapping (L is taken from the data when left out)
-    workers          Ray Train workers (DDP ranks); gpus per worker (0: CPU, gloo)
-    cpus_per_worker  CPUs Ray reserves per worker; threads: torch threads per worker
-                     (default: cpus_per_worker rounded down, at least 1)
-    max_failures     worker failures Ray recovers from (restarting from the last checkpoint)
-    keep_checkpoints newest checkpoints kept in the run directory
-    compile          torch.compile the model on every worker (not GANs: their gradient
-                     penalty needs double backward, which compiled autograd lacks). Pays in
-                     long runs: ×2.8 on the conv VAE after ~20 s of compiling, ×1.3 on the MLP
-                     VAE after ~30 s (benchmarks/training.py --compile; needs a C++ compiler)
-    chaos_kill_epoch fault drill: the last rank SIGKILLs itself once, in the epoch after
-                     this one's checkpoint, to exercise recovery (leave unset in real runs)
+    A model with ``compile: true`` is torch.compiled on every worker (not GANs: their
+    gradient penalty needs double backward, which compiled autograd lacks). It pays in long
+    runs: ×2.8 on the conv VAE after ~20 s of compiling, ×1.3 on the MLP VAE after ~30 s
+    (benchmarks/training.py --compile; needs a C++ compiler).
     """
-    name: str = "demo"
-    data: str = "runs/demo/pt.h5"
-    out: Optional[str] = None
-    temperatures: Optional[list[float]] = None
-    tmin: Optional[float] = None
-    tmax: Optional[float] = None
-    skip: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    data_memory_mb: float = MEMORY_MB
-    shuffle_window: Optional[int] = None
-    model: dict = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1.0e-3
-    seed: int = 0
-    workers: int = 1
-    gpus: float = 0.0
-    cpus_per_worker: float = 1.0
-    threads: Optional[int] = None
-    max_failures: int = 2
-    keep_checkpoints: int = 2
-    progress: bool = True
-    compile: bool = False
-    chaos_kill_epoch: Optional[int] = None
+    name: str = option("demo", "run name (the default run directory is runs/train/<name>)")
+    data: str = option("runs/demo/pt.h5", "HDF5 file written by python -m ising_dist.pt "
+                                          "(absolute under a cluster)", resume=True)
+    out: Optional[str] = option(None, "run directory (default runs/train/<name>)", resume=True)
+    temperatures: Optional[list[float]] = option(
+        None, "train on these ladder temperatures (default: all) …")
+    tmin: Optional[float] = option(None, "… or on the range tmin ≤ T ≤ tmax")
+    tmax: Optional[float] = option(None, "upper end of that range")
+    skip: int = option(0, "samples per temperature dropped at the start (burn-in)")
+    val_fraction: float = option(0.1, "time-ordered validation split (see ising_dist.data)")
+    test_fraction: float = option(0.1, "time-ordered test split (see ising_dist.data)")
+    data_memory_mb: float = option(
+        MEMORY_MB, "MiB of spins (1 byte each) a worker holds per split: a split up to this "
+                   "size is read into memory, a larger one streams in slabs through a cache "
+                   "of this size (ising_dist.data.batches)")
+    shuffle_window: Optional[int] = option(
+        None, "samples shuffled together (default: the whole split in memory, half the cache "
+              "when streaming); the batches depend on it, not on memory vs stream")
+    model: dict = option({}, "a ModelConfig mapping (L is taken from the data when left out)",
+                         cli=False)
+    epochs: int = option(10, "epochs to train (with --resume: the new total)", resume=True)
+    batch_size: int = option(128, "global batch size (split over the workers)")
+    lr: float = option(1.0e-3, "learning rate")
+    seed: int = option(0, "seed of the weights, the shuffling and the noise")
+    workers: int = option(1, "Ray Train workers (DDP ranks)", resume=True)
+    gpus: float = option(0.0, "GPUs per worker (0: CPU, gloo)", resume=True)
+    cpus_per_worker: float = option(1.0, "CPUs Ray reserves per worker", resume=True)
+    threads: Optional[int] = option(
+        None, "torch threads per worker (default: cpus_per_worker rounded down, at least 1)",
+        resume=True)
+    max_failures: int = option(2, "worker failures Ray recovers from (restarting from the last "
+                                  "checkpoint; -1: forever)", resume=True)
+    keep_checkpoints: int = option(2, "newest checkpoints kept in the run directory",
+                                   resume=True)
+    progress: bool = option(True, "per-epoch progress lines", flag="--quiet", resume=True)
+    compile: bool = option(False, "torch.compile the model on every worker (not GANs; pays in long runs: TrainConfig)")
+    chaos_kill_epoch: Optional[int] = option(
+        None, "fault drill: the last rank SIGKILLs itself once, in the epoch after this one's "
+              "checkpoint, to exercise recovery (leave unset in real runs)", resume=True)
 
     def validate(self) -> None:
         def need(cond, msg):
@@ -157,10 +161,21 @@ class TrainConfig:
              f"compile=true with family {model.family!r}: the gradient penalty / GAN steps "
              f"need double backward, which torch.compile does not support; use compile: false")
 
-    def model_config(self, L: int) -> ModelConfig:
-        """The ModelConfig for lattice side L (an explicit model.L must agree with it)."""
+    def model_config(self, L: int, ladder: Optional[list[float]] = None) -> ModelConfig:
+        """The ModelConfig for lattice side L (an explicit model.L must agree with it); a
+        model built for its training temperatures (ModelConfig.needs_ladder: rbm, acgan,
+        condition_m) gets ``ladder`` (the data's) as model.ladder when that is left out."""
         try:
-            return ModelConfig.from_dict({**self.model, "L": self.model.get("L", L)})
+            cfg = ModelConfig.from_dict({**self.model, "L": self.model.get("L", L)})
+            if ladder is not None and cfg.needs_ladder and not cfg.ladder:
+                cfg = ModelConfig.from_dict({**cfg.to_dict(), "ladder": list(ladder)})
+            elif ladder is not None and cfg.needs_ladder and (
+                    len(cfg.ladder) != len(ladder)
+                    or any(abs(a - b) > 1e-6 * b for a, b in zip(cfg.ladder, ladder))):
+                raise ValueError(f"ladder={cfg.ladder} but the training temperatures are "
+                                 f"{list(ladder)}; drop model.ladder (it is taken from the "
+                                 f"data)")
+            return cfg
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model: {exc}") from None
 
@@ -176,6 +191,10 @@ class TrainConfig:
     @property
     def threads_per_worker(self) -> int:
         return self.threads or max(1, int(self.cpus_per_worker))
+
+
+# keys a --resume may change; everything else must match the run being resumed
+RESUME_MAY_CHANGE = cfgmod.resume_may_change(TrainConfig)
 
 
 # ---------------------------------------------------------------------------------- files
@@ -288,8 +307,8 @@ def say(message: str) -> None:
     sys.stdout.flush()
 
 
-def _progress(epoch: int, total: int, m: dict) -> str:
-    if "val_free_energy" in m:   # VAN: F_q per spin, an upper bound of the exact F
+def _progress(epoch: int, total: int, m: dict, variational: bool) -> str:
+    if variational:   # VAN: F_q per spin, an upper bound of the exact F
         return (f"epoch {epoch}/{total}  F_q/N train {m['train_free_energy']:.5f} ± "
                 f"{m['train_free_energy_err']:.5f}  val {m['val_free_energy']:.5f} ± "
                 f"{m['val_free_energy_err']:.5f}  (β {m['train_beta']:.4g})  "
@@ -319,17 +338,27 @@ def _chaos_kill(run_dir: Path, done: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_loop(loop: dict) -> None:
-    """One Ray Train worker: plain PyTorch except prepare_model / report / checkpoints."""
-    import ray.train
-    import ray.train.torch
+def _load_checkpoint(d: Path, model: torch.nn.Module) -> dict:
+    """Weights of checkpoint directory ``d`` into ``model``; returns its trainer state."""
+    state = load_state(d)
+    model.load_state_dict(torch.load(Path(d) / "model.pt", weights_only=True,
+                                     map_location="cpu")["state_dict"])
+    return state
 
+
+def train_loop(loop: dict, session) -> None:
+    """One worker of a run: plain PyTorch. Everything from outside — rank, world size,
+    device, DDP, restored checkpoints, reports, stop requests — comes through ``session``
+    (ising_dist.session: RaySession under Ray Train, LocalSession in-process).
+
+    loop: {"config": TrainConfig as a dict, "run_dir", "data": fingerprint, "resume_from":
+    checkpoint directory or None}. Per epoch: train, validate, average the terms over the
+    ranks, rank 0 appends metrics.csv and writes the checkpoint, every rank reports; then all
+    ranks stop together if a stop was requested (ising_dist.session.request_stop)."""
     cfg = cfgmod.from_dict(TrainConfig, loop["config"], source="train config")
     run_dir = Path(loop["run_dir"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, device = session.rank, session.world_size, session.device
     torch.set_num_threads(cfg.threads_per_worker)
-    device = ray.train.torch.get_device()
 
     fp = loop["data"]
     if cfg.variational:   # VAN: no data, each rank samples the model (see the epoch loop)
@@ -344,17 +373,15 @@ def train_loop(loop: dict) -> None:
     torch.manual_seed(cfg.seed)               # identical initial weights on every rank
     model = build_model(cfg.model_config(fp["L"]))
     state = None
-    ckpt = ray.train.get_checkpoint()         # set when Ray restores a run or a failed worker
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_state(d)
-            model.load_state_dict(torch.load(Path(d) / "model.pt", weights_only=True,
-                                             map_location="cpu")["state_dict"])
-    elif loop.get("resume_from"):
-        d = loop["resume_from"]
-        state = load_state(d)
-        model.load_state_dict(torch.load(Path(d) / "model.pt", weights_only=True,
-                                         map_location="cpu")["state_dict"])
+    # Ray's checkpoint (a restarted worker, or a run Ray restores by name) or the one --resume
+    # continues, whichever is newer: a cluster killed between writing a checkpoint and Ray
+    # registering it leaves Ray one epoch behind the files
+    with session.restored() as d:
+        found = [Path(p) for p in (d, loop.get("resume_from"))
+                 if p and (Path(p) / "trainer.pt").is_file()]
+        if found:
+            newest = max(found, key=lambda p: int(load_state(p)["epoch"]))
+            state = _load_checkpoint(newest, model)
     start, resumed_at = 0, []
     if state is not None:
         start = int(state["epoch"])
@@ -364,8 +391,7 @@ def train_loop(loop: dict) -> None:
 
     if cfg.compile:
         compile_model(model)
-    model = ray.train.torch.prepare_model(model,
-                                          parallel_strategy_kwargs=ddp_options(model, cfg.gpus))
+    model = session.prepare_model(model, ddp_options(model, cfg.gpus))
     optimizers = unwrap(model).configure_optimizers(cfg.lr)
     if state is not None:
         for opt, sd in zip(optimizers, state["optimizers"]):
@@ -408,7 +434,6 @@ def train_loop(loop: dict) -> None:
         metrics.update(epoch=epoch + 1, epoch_time_s=dt, samples_per_s=n_seen / dt)
 
         tmp = None
-        checkpoint = None
         if rank == 0:
             rows.append(metrics)
             _write_metrics(run_dir, rows)
@@ -423,30 +448,56 @@ def train_loop(loop: dict) -> None:
                                 "critic_steps": int(getattr(net, "critic_steps", 0)),
                                 "resumed_at": resumed_at, "metrics": metrics},
                                tmp / "trainer.pt")
-            checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
             if cfg.progress:
-                say(_progress(epoch + 1, cfg.epochs, metrics))
-        ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=f"checkpoint_{epoch + 1:04d}")
+                say(_progress(epoch + 1, cfg.epochs, metrics, cfg.variational))
+        session.report(metrics, tmp, f"checkpoint_{epoch + 1:04d}")
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if epoch + 1 < cfg.epochs and session.stop_requested():
+            return
+
+
+def _ray_worker(loop: dict) -> None:
+    """The Ray Train entry point of each worker: :func:`train_loop` with a RaySession."""
+    train_loop(loop, RaySession(loop["run_dir"], verbose=loop.get("verbose", False)))
+
 
 # ---------------------------------------------------------------------------------- driver
-def ensure_ray(num_cpus: Optional[int] = None) -> str:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_ray(num_cpus: Optional[int] = None, verbose: bool = False) -> str:
     """Connect to the cluster in RAY_ADDRESS (or the one already joined), else start Ray
-    locally. Returns "cluster" or "local"."""
+    locally. Returns "cluster" or "local".
+
+    A local Ray is quiet unless ``verbose``: its start-up lines, the token-authentication
+    notice (token authentication stays on, Ray's default), the preemption watcher (a one-
+    machine cluster is never drained; creating its actor logs an error line) are left out,
+    and Ray Train's placement-group cleaner is pointed at this instance's own dashboard
+    (with "auto" it fails with a traceback when another Ray runs on the machine)."""
+    import logging
+
     import ray
     if ray.is_initialized():
         return "cluster" if os.environ.get("RAY_ADDRESS") else "local"
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return "cluster"
-    # the dashboard serves the state API that Ray Train's placement-group cleaner polls.
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.INFO if verbose else logging.ERROR)
+    dash = _free_port()
     # Ray starts its workers at nice 15 so that its daemons stay responsive; here the workers
     # are the job: at nice 15 every burst of the GCS, raylet, dashboard or log monitor (nice 0),
     # or of any other program, preempts a DDP rank and stalls its peers at the next all-reduce.
+    env = {"RAY_worker_niceness": "0", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, log_to_driver=True,
-             runtime_env={"env_vars": {"RAY_worker_niceness": "0"}})
+             include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash,
+             logging_level=level, runtime_env={"env_vars": env})
     return "local"
 
 
@@ -470,7 +521,7 @@ def resolve(cfg: TrainConfig, n_samples: Optional[int] = None
         raise ConfigError(f"model.L={cfg.model['L']} but {data} holds L={fp['L']} lattices; drop "
                           f"model.L (it is taken from the data) or use a file with L="
                           f"{cfg.model['L']}")
-    model_cfg = cfg.model_config(fp["L"])
+    model_cfg = cfg.model_config(fp["L"], fp["temperatures"])
     resolved = cfgmod.from_dict(TrainConfig, {**cfgmod.to_dict(cfg), "data": data,
                                               "out": str(cfg.run_dir),
                                               "model": model_cfg.to_dict()})
@@ -537,37 +588,93 @@ def prepare(cfg: TrainConfig, resume: bool = False) -> tuple[TrainConfig, dict, 
 
 
 def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[list] = None,
-        start_ray: bool = True, verbose: bool = False, lock: bool = True) -> dict:
-    """Train (see module doc); returns {"run_dir", "model", "epoch", "metrics"}.
+        start_ray: bool = True, verbose: bool = False, lock: bool = True, local: bool = False,
+        stop_on_signals: bool = False) -> dict:
+    """Train (see module doc); returns {"run_dir", "model", "epoch", "metrics", "stopped"}:
+    the final model file (None when the run stopped early), the epochs done, their last
+    metrics, and whether a stop request (ising_dist.session.request_stop) ended it early.
 
+    local: train in this process, one worker, no Ray (a LocalSession: tests, notebooks);
+    ConfigError for workers ≠ 1, chaos_kill_epoch (needs Ray's restarts) or gpus without CUDA.
     callbacks: Ray Train UserCallbacks (Tune passes TuneReportCallback). start_ray=False when
-    already inside a Ray task (a Tune trial). verbose: Ray Train's own INFO logs too.
+    already inside a Ray task (a Tune trial). verbose: Ray's own INFO logs too.
     lock: hold the run directory's lock for the whole run (ising_dist.runlock,
     <run_dir>/.lock; RunLockedError, naming the live run, when another process trains into
-    it); False for a Tune trial, whose directory its search's lock covers."""
+    it); False for a Tune trial, whose directory its search's lock covers.
+    stop_on_signals: (main thread only) the first SIGTERM/SIGINT stops the run after its
+    current epoch's checkpoint; a second one raises :class:`Interrupted` at once."""
     if not lock:
-        return _run_locked(cfg, resume, callbacks, start_ray, verbose)
+        return _run_locked(cfg, resume, callbacks, start_ray, verbose, local, stop_on_signals)
     with RunLock.acquire(cfg.run_dir, role="train"):
-        return _run_locked(cfg, resume, callbacks, start_ray, verbose)
+        return _run_locked(cfg, resume, callbacks, start_ray, verbose, local, stop_on_signals)
 
 
-def _run_locked(cfg, resume, callbacks, start_ray, verbose) -> dict:
+def _run_locked(cfg, resume, callbacks, start_ray, verbose, local, stop_on_signals) -> dict:
     """:func:`run`, holding the run directory's lock."""
+    if local:
+        _check_local(cfg)
+    cfg, fp, resume_from = prepare(cfg, resume)
+    run_dir = cfg.run_dir
+    loop = {"config": cfgmod.to_dict(cfg), "run_dir": str(run_dir), "data": fp,
+            "resume_from": str(resume_from) if resume_from else None, "verbose": verbose}
+    if start_ray and not local:   # in the main thread, before our signal handlers: ray.init
+        _check_resources(cfg, ensure_ray(verbose=verbose))   # sets a SIGTERM handler of its own
+    clear_stop(run_dir)   # a request left by a driver that died before its run ended
+    try:
+        with _stop_on_signals(run_dir, stop_on_signals):
+            if local:
+                final = _fit_local(cfg, loop)
+            else:
+                fit = functools.partial(_fit_ray, cfg, loop, callbacks, verbose)
+                # Ray's fit() replaces the SIGINT handler when called from the main thread
+                final = _wait_in_main_thread(fit) if stop_on_signals else fit()
+    finally:
+        clear_stop(run_dir)
+    state = load_state(final)
+    done = int(state["epoch"]) >= cfg.epochs
+    if done:
+        tmp = run_dir / f"model.pt.tmp.{os.getpid()}"
+        shutil.copyfile(final / "model.pt", tmp)
+        os.replace(tmp, run_dir / "model.pt")
+    return {"run_dir": str(run_dir), "model": str(run_dir / "model.pt") if done else None,
+            "epoch": int(state["epoch"]), "metrics": state["metrics"], "stopped": not done}
+
+
+def _check_local(cfg: TrainConfig) -> None:
+    """A run without Ray: one worker, no fault drill, a GPU only where torch sees one."""
+    if cfg.workers != 1:
+        raise ConfigError(f"workers={cfg.workers}: a local run (no Ray) has one worker; use "
+                          f"workers: 1, or train through Ray for DDP")
+    if cfg.chaos_kill_epoch is not None:
+        raise ConfigError(f"chaos_kill_epoch={cfg.chaos_kill_epoch}: the fault drill needs Ray "
+                          f"to restart the killed worker; unset it for a local run")
+    if cfg.gpus > 0 and not torch.cuda.is_available():
+        raise ConfigError(f"gpus={cfg.gpus:g}: torch sees no CUDA device here; use gpus: 0")
+
+
+def _fit_local(cfg: TrainConfig, loop: dict) -> Path:
+    """train_loop in this process (LocalSession); returns the newest checkpoint directory."""
+    threads = torch.get_num_threads()
+    try:
+        train_loop(loop, LocalSession(cfg.run_dir, cfg.keep_checkpoints,
+                                      "cuda" if cfg.gpus > 0 else "cpu"))
+    finally:
+        torch.set_num_threads(threads)   # train_loop sets the worker's threads
+    return checkpoints(cfg.run_dir)[-1]
+
+
+def _fit_ray(cfg: TrainConfig, loop: dict, callbacks, verbose: bool) -> Path:
+    """train_loop on cfg.workers Ray Train workers (RaySession each), on the Ray this process
+    has joined; returns the newest checkpoint directory."""
     from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
                            ScalingConfig)
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    cfg, fp, resume_from = prepare(cfg, resume)
     run_dir = cfg.run_dir
-    if start_ray:
-        mode = ensure_ray()
-        _check_resources(cfg, mode)
     use_gpu = cfg.gpus > 0
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus} if use_gpu else {})}
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"config": cfgmod.to_dict(cfg), "run_dir": str(run_dir), "data": fp,
-                           "resume_from": str(resume_from) if resume_from else None},
+        _ray_worker, train_loop_config=loop,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
@@ -580,13 +687,58 @@ def _run_locked(cfg, resume, callbacks, start_ray, verbose) -> dict:
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training in {run_dir} finished without a checkpoint")
-    final = Path(result.checkpoint.path)
-    tmp = run_dir / f"model.pt.tmp.{os.getpid()}"
-    shutil.copyfile(final / "model.pt", tmp)
-    os.replace(tmp, run_dir / "model.pt")
-    state = load_state(final)
-    return {"run_dir": str(run_dir), "model": str(run_dir / "model.pt"),
-            "epoch": int(state["epoch"]), "metrics": state["metrics"]}
+    return Path(result.checkpoint.path)
+
+
+class Interrupted(Exception):
+    """A second SIGTERM/SIGINT during a run: stop at once, without the current epoch."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(run_dir: Path, enabled: bool):
+    """While the run trains: the first SIGTERM or SIGINT requests a stop after the current
+    epoch's checkpoint (every worker sees it: ising_dist.session); a second one raises
+    Interrupted. The previous handlers come back afterwards."""
+    if not enabled:
+        yield
+        return
+    received = []
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        received.append(name)
+        if len(received) > 1:
+            raise Interrupted(f"stopped by a second {name} before the epoch in progress "
+                              f"finished")
+        request_stop(run_dir)
+        print(f"{name}: the run stops after the checkpoint of the epoch in progress "
+              f"({name} again: stop at once, without it)", file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _wait_in_main_thread(fn):
+    """fn() in a daemon thread while the main thread waits in short joins, so that the main
+    thread's signal handlers run (and a second signal can leave without waiting)."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 — handed to the main thread below
+            box["error"] = exc
+    worker = threading.Thread(target=target, daemon=True, name="train-fit")
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _check_resources(cfg: TrainConfig, mode: str) -> None:
@@ -613,26 +765,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML preset, e.g. configs/train/demo.yaml (with --resume: "
                                     "default is the run directory's config.yaml)")
-    p.add_argument("--data", help="HDF5 file written by python -m ising_dist.pt")
-    p.add_argument("--out", help="run directory (default runs/train/<name>)")
-    p.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
-    p.add_argument("--gpus", type=float, help="GPUs per worker (0: CPU)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch size")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
                                                          "newest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
-    p.add_argument("--verbose", action="store_true", help="also Ray Train's own INFO logs")
+    p.add_argument("--verbose", action="store_true", help="also Ray's own INFO logs")
+    cfgmod.add_flags(p, TrainConfig, "settings (override the preset)")
     return p.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    overrides = {k: getattr(args, k) for k in ("data", "out", "workers", "gpus", "epochs",
-                                               "batch_size", "lr", "seed")}
-    if args.quiet:
-        overrides["progress"] = False
+    overrides = cfgmod.given_flags(args, TrainConfig)
     if args.config:
         return cfgmod.load(TrainConfig, args.config, overrides)
     if args.resume and args.out:
@@ -644,14 +785,17 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 CLUSTER_GRACE_S = 10.0   # the GCS unreachable this long: the cluster is gone (Ray gives up at 60)
 
 
+def resume_command(cfg: TrainConfig) -> str:
+    return f"python -m ising_dist.train --out {cfg.run_dir} --resume"
+
+
 def stopped_message(cfg: TrainConfig, what: str) -> str:
     """What happened, the newest checkpoint of the run, and the command that continues it."""
     run_dir = cfg.run_dir
     found = checkpoints(run_dir)
     if found:
         where = (f"last checkpoint: {found[-1]} (epoch {load_state(found[-1])['epoch']} of "
-                 f"{cfg.epochs})\ncontinue with:\n  python -m ising_dist.train --out {run_dir} "
-                 f"--resume")
+                 f"{cfg.epochs})\ncontinue with:\n  {resume_command(cfg)}")
     else:
         where = (f"no checkpoint was written to {run_dir}; start the run again (remove that "
                  f"directory, or give another --out)")
@@ -692,17 +836,19 @@ def _watch_cluster(cfg: TrainConfig, stop, interval: float = 1.0) -> None:
 
 
 def main(argv=None) -> int:
-    import threading
     args = parse_args(argv)
     stop = threading.Event()
     try:
         cfg = resolve_config(args)
         threading.Thread(target=_watch_cluster, args=(cfg, stop), daemon=True,
                          name="cluster-watch").start()
-        summary = run(cfg, resume=args.resume, verbose=args.verbose)
+        summary = run(cfg, resume=args.resume, verbose=args.verbose, stop_on_signals=True)
     except (ConfigError, ValueError, RunLockedError) as exc:  # DataError, StoreError: ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(stopped_message(cfg, str(exc)), file=sys.stderr, flush=True)
+        return 1
     except Exception as exc:  # noqa: BLE001 — a failed Ray run: say so without a traceback wall
         from ray.exceptions import RayError
         from ray.train import TrainingFailedError
@@ -717,6 +863,10 @@ def main(argv=None) -> int:
         return 1
     finally:
         stop.set()
+    if summary["stopped"]:   # SIGTERM/SIGINT: the newest checkpoint is this epoch's
+        print(f"stopped after epoch {summary['epoch']}/{cfg.epochs} with a checkpoint; "
+              f"continue with:\n  {resume_command(cfg)}", flush=True)
+        return 0
     m = summary["metrics"]
     vals = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k.startswith("val_"))
     print(f"done: {summary['epoch']} epochs; {vals}\nmodel: {summary['model']}\n"

@@ -30,13 +30,13 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from . import config as cfgmod
 from . import train as trainmod
-from .config import ConfigError
+from .config import ConfigError, option
 from .runlock import RunLock, RunLockedError
 from .train import TrainConfig
 
@@ -56,11 +56,11 @@ def score_val_recon(row: dict) -> float:
 
 def score_physics(row: dict) -> float:
     """Physics fidelity of the trial's final model on its file's validation split
-    (:func:`ising_dist.evaluate.score_trial`): the mean over temperatures of the
+    (:func:`ising_dist.judge.driver.score_trial`): the mean over temperatures of the
     Wasserstein-1 distances of e and |m| to MCMC, in units of the MCMC noise floor (≈1 is
     indistinguishable from MCMC). Answers "which latent size and KL weight generate the
     right physics" without rewarding the KL weight itself."""
-    from .evaluate import score_trial
+    from .judge.driver import score_trial
     return score_trial(row)
 
 
@@ -76,35 +76,31 @@ def register_scorer(name: str, fn: Scorer) -> None:
 
 @dataclass
 class SearchConfig:
-    """A search over model.latent_dim × model.kl_weight of a train preset.
-
-    train               the train preset every trial starts from (configs/train/*.yaml)
-    data, out           override the preset's data file; output directory of the search
-    search              "grid": every latent_dims × kl_weights pair, num_samples times each;
-                        "random": num_samples trials drawing each value from the lists
-    scheduler           "fifo" (every trial runs all epochs) | "asha" (stops poor trials
-                        early on rank_by's metric, after grace_period epochs)
-    epochs              override the preset's epochs for every trial
-    workers_per_trial   DDP workers of each trial's TorchTrainer
-    max_concurrent_trials  default: as many trials as the cluster's CPUs hold at once
-    rank_by             a name in SCORERS (lower is better); "val_recon" by default
-    """
-    name: str = "demo"
-    train: str = "configs/train/demo.yaml"
-    data: Optional[str] = None
-    out: Optional[str] = None
-    latent_dims: list[int] = field(default_factory=lambda: [2, 8, 32, 100, 200])
-    kl_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0, 100.0])
-    search: str = "grid"
-    num_samples: int = 1
-    scheduler: str = "fifo"
-    grace_period: int = 1
-    reduction_factor: int = 2
-    epochs: Optional[int] = None
-    workers_per_trial: int = 1
-    max_concurrent_trials: Optional[int] = None
-    rank_by: str = "val_recon"
-    seed: int = 0
+    """A search over model.latent_dim × model.kl_weight of a train preset."""
+    name: str = option("demo", "search name (the default output is runs/tune/<name>)")
+    train: str = option("configs/train/demo.yaml",
+                        "the train preset every trial starts from (configs/train/*.yaml)")
+    data: Optional[str] = option(None, "HDF5 file of python -m ising_dist.pt (overrides the "
+                                       "preset's)")
+    out: Optional[str] = option(None, "output directory (default runs/tune/<name>)")
+    latent_dims: list[int] = option([2, 8, 32, 100, 200], "latent sizes to try")
+    kl_weights: list[float] = option([0.0, 0.1, 1.0, 10.0, 100.0], "KL weights to try")
+    search: str = option("grid", "grid: every latent_dims × kl_weights pair, num_samples times "
+                                 "each; random: num_samples trials drawing each value from "
+                                 "the lists", choices=SEARCHES)
+    num_samples: int = option(1, "trials per grid point (grid) or in all (random)")
+    scheduler: str = option("fifo", "fifo: every trial runs all epochs; asha: stops poor trials "
+                                    "early on rank_by's metric, after grace_period epochs",
+                            choices=SCHEDULERS)
+    grace_period: int = option(1, "asha: epochs before a trial may be stopped")
+    reduction_factor: int = option(2, "asha: reduction factor (≥ 2)")
+    epochs: Optional[int] = option(None, "epochs of every trial (default: the preset's)")
+    workers_per_trial: int = option(1, "DDP workers of each trial's TorchTrainer")
+    max_concurrent_trials: Optional[int] = option(
+        None, "trials at once (default: as many as the cluster's CPUs hold)")
+    rank_by: str = option("val_recon", "a name in SCORERS (lower is better): val_recon, "
+                                       "physics, or one registered by register_scorer")
+    seed: int = option(0, "seed of the random search")
 
     def validate(self) -> None:
         def need(cond, msg):
@@ -112,10 +108,6 @@ class SearchConfig:
                 raise ConfigError(msg)
         need(bool(self.name) and "/" not in self.name,
              f"name={self.name!r}: give a plain search name (e.g. demo)")
-        need(self.search in SEARCHES, f"search={self.search!r}: choose one of "
-                                      f"{', '.join(SEARCHES)}")
-        need(self.scheduler in SCHEDULERS, f"scheduler={self.scheduler!r}: choose one of "
-                                           f"{', '.join(SCHEDULERS)}")
         need(len(self.latent_dims) > 0 and all(d >= 1 for d in self.latent_dims),
              f"latent_dims={self.latent_dims}: give a non-empty list of sizes ≥ 1, e.g. [2, 8]")
         need(len(self.kl_weights) > 0 and all(w >= 0 for w in self.kl_weights),
@@ -375,7 +367,7 @@ def _run_locked(cfg: SearchConfig, resume: bool) -> dict:
     unfinished = max(0, expected_trials(cfg) - complete - early - grid.num_errors)
     write_tables(out_dir, rows, cfg.rank_by)
     if cfg.rank_by == "physics" and rows:
-        from .report import tune_heatmap
+        from .judge.report import tune_heatmap
         tune_heatmap(out_dir / "results.csv", out_dir / "fidelity_heatmap.png", metric="score")
     best = keep_best(out_dir, rows) if unfinished == 0 else None
     return {"rows": rows, "best": best, "unfinished": unfinished, "errors": grid.num_errors,
@@ -387,12 +379,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML preset, e.g. configs/tune/demo.yaml (with --resume: "
                                     "default is the output directory's config.yaml)")
-    p.add_argument("--data", help="HDF5 file of python -m ising_dist.pt (overrides the preset)")
-    p.add_argument("--out", help="output directory (default runs/tune/<name>)")
-    p.add_argument("--epochs", type=int, help="epochs of every trial")
-    p.add_argument("--workers-per-trial", dest="workers_per_trial", type=int)
-    p.add_argument("--max-concurrent-trials", dest="max_concurrent_trials", type=int)
     p.add_argument("--resume", action="store_true", help="continue a stopped search in --out")
+    cfgmod.add_flags(p, SearchConfig, "settings (override the preset)")
     return p.parse_args(argv)
 
 
@@ -408,8 +396,7 @@ def locate_preset(train: str, tune_config) -> str:
 
 
 def resolve_config(args) -> SearchConfig:
-    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "workers_per_trial",
-                                               "max_concurrent_trials")}
+    overrides = cfgmod.given_flags(args, SearchConfig)
     if args.config:
         cfg = cfgmod.load(SearchConfig, args.config, overrides)
         cfg.train = locate_preset(cfg.train, args.config)

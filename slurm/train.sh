@@ -10,11 +10,20 @@
 # cluster (RAY_ADDRESS) and the cluster is stopped at the end, also on failure or SIGTERM:
 # only this job's Ray processes, so other Ray users on the same nodes are left alone.
 # Paths given to --data/--out are made absolute (Ray workers run in their own directories).
+#
+# Stopping early: SIGTERM to this script (Slurm sends it --signal=B:TERM@120, i.e. 120 s before
+# the time limit; by hand: `scancel --batch --signal=TERM JOB`) is passed on to the stage, which
+# writes the checkpoint of the epoch in progress, prints the command that continues, and exits
+# 0 (tune: SIGINT, which stops the search as Ctrl-C does). Give --signal more seconds than one
+# epoch takes. Resubmit with the same arguments and --resume to continue. (A plain `scancel
+# --signal=TERM` signals the job steps, which here are the Ray nodes: the cluster stops and the
+# stage ends with the newest checkpoint and the same command.)
 #SBATCH --job-name=ising-train
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=2
 #SBATCH --time=01:00:00
+#SBATCH --signal=B:TERM@120
 #SBATCH --output=ising-train-%j.out
 set -euo pipefail
 
@@ -39,6 +48,7 @@ done
 # dir on every node, and every port Ray would otherwise take at a fixed default (6379, 10001,
 # 52365, …) derived from the job id, below Linux's ephemeral range (32768+).
 export RAY_AUTH_MODE=disabled
+export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0   # Ray never drains a Slurm node; its actor logs an error
 cpus="${SLURM_CPUS_PER_TASK:-2}"
 base=$(( 20000 + ${SLURM_JOB_ID:-0} % 1200 * 10 ))
 port=$base
@@ -72,12 +82,19 @@ cleanup() {
     done
 }
 trap cleanup EXIT
-trap 'exit 143' TERM
+driver=""
+stop() {   # pass the stop on to the stage (see the top); before it runs, just end
+    if [ -z "$driver" ]; then exit 143; fi
+    kill -"$1" "$driver" 2>/dev/null || true
+}
+stop_signal=TERM; [ "$stage" = tune ] && stop_signal=INT
+trap "stop $stop_signal" TERM INT
 
 echo "job ${SLURM_JOB_ID:-?}: Ray head on $head ($RAY_ADDRESS), ${#nodes[@]} node(s), $cpus CPUs each"
 srun --overlap --nodes=1 --ntasks=1 -w "$head" ray start --head --block \
     --node-ip-address="$head_ip" --port="$port" --ray-client-server-port=$((base + 7)) \
-    --include-dashboard=false "${node_args[@]}" &
+    --include-dashboard=false --dashboard-port=$((base + 8)) \
+    "${node_args[@]}" &
 steps+=($!)
 for _ in $(seq 120); do ray status >/dev/null 2>&1 && break; sleep 1; done
 ray status >/dev/null || { echo "error: the Ray head did not come up" >&2; exit 1; }
@@ -87,4 +104,11 @@ for node in "${nodes[@]:1}"; do
     steps+=($!)
 done
 
-python -m "ising_dist.$stage" --config "$config" "${args[@]}"
+# in the background, so that this shell can pass a signal on while the stage runs
+python -m "ising_dist.$stage" --config "$config" "${args[@]}" &
+driver=$!
+while :; do
+    rc=0; wait "$driver" || rc=$?
+    kill -0 "$driver" 2>/dev/null || break   # ended: rc is its exit code (else a signal came)
+done
+exit "$rc"

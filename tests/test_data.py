@@ -17,7 +17,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ising_dist.data import (BatchSampler, DataError, batches, complete_samples, make_datasets,
                              split_bounds)
-from ising_dist.store import RunWriter
+from ising_dist.codec import pack
+from ising_dist.writers import RunWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 # A real PT run (metropolis, 4 temperatures across Tc, L=8): 400 samples per temperature.
@@ -110,7 +111,8 @@ def test_live_file_counts_only_complete_samples_and_keeps_a_fixed_split(tmp_path
         for s in range(s0, s0 + n):
             spins = rng.choice(np.array([-1, 1], np.int8), size=(R, L, L))
             written.append(spins)
-            w.append(s, spins, np.zeros(R), np.zeros(R), np.arange(R, dtype=np.int32))
+            w.write([s], pack(spins[None]), np.zeros((1, R)), np.zeros((1, R)),
+                    np.arange(R, dtype=np.int32))
         w.flush()
 
     def trained_on(train):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ising_dist import exact, kernels, native
+from ising_dist import codec, exact, kernels, native
 from ising_dist.engine import Chains, check_lattice, clusters_per_sweep, initial_lattice
+from ising_dist.tempering import Cadence
 
 TC = exact.TC
 BACKENDS = ["numba", pytest.param("native", marks=pytest.mark.skipif(
@@ -359,26 +360,9 @@ def test_initial_lattice_is_random_and_reproducible():
     assert abs(a.mean()) < 4 / 64  # 4σ for 4096 fair coin flips
 
 
-# ------------------------------------------------------------------ packed lattices
-def test_pack_spins_layout_and_round_trip():
-    """Two bits a spin, code s + 1, first spin in the most significant bits; 0 (the writer's
-    "not yet written") survives too."""
-    s = np.array([[-1, 1, 1, -1], [0, 0, 1, 1]], np.int8).reshape(1, 2, 4)
-    packed = np.empty((1, 2), np.uint8)
-    kernels.pack_spins(s, packed)
-    assert packed.tolist() == [[0b00101000, 0b01011010]]
-    rng = np.random.default_rng(0)
-    s = rng.integers(-1, 2, (3, 5, 6, 6)).astype(np.int8)
-    packed = np.empty((3, 5, 9), np.uint8)
-    kernels.pack_spins(s, packed)
-    back = np.empty_like(s)
-    kernels.unpack_spins(packed, back)
-    assert np.array_equal(back, s)
-
-
 # ------------------------------------------------------------------ parallel-tempering segment
 def pt_state(L, R, seed, algorithm, tmin=1.6, tmax=3.4):
-    """Arguments of kernels.pt_segment for R replicas on a ladder from tmin to tmax."""
+    """The state (kernels.SegmentState fields) of R replicas on a ladder from tmin to tmax."""
     beta = 1.0 / np.geomspace(tmin, tmax, R)
     ch = Chains.create(L, seed, range(R), backend="numba")
     nw = np.zeros(R, np.int64) if algorithm == "metropolis" else np.arange(R, dtype=np.int64) % 3 + 1
@@ -393,19 +377,18 @@ def pt_state(L, R, seed, algorithm, tmin=1.6, tmax=3.4):
 
 
 def run_segment(fn, st, sweep0, sweep1, exchange_every, sample_every, thermalize, cap, **kw):
+    """fn (a backend's pt_segment) on a copy of st from sweep0 to sweep1, with the event table
+    the tempering loop builds for this cadence."""
     st = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
     R, L = st["spins"].shape[0], st["spins"].shape[2]
-    out = dict(out_spins=np.zeros((cap, R, L * L // 4), np.uint8), out_energy=np.zeros((cap, R)),
-               out_magnet=np.zeros((cap, R)), out_slot=np.zeros((cap, R), np.int64),
-               out_sweep=np.zeros(cap, np.int64))
-    s = st
-    n = fn(s["spins"], s["thr_slot"], s["padd_slot"], s["nw_slot"], s["beta_slot"], s["keys"],
-           s["wkeys"], s["counters"], s["slot_of"], s["exch"], s["direction"],
-           s["round_trips"], s["xkey"], sweep0, sweep1, s["n_metropolis"], exchange_every,
-           sample_every, thermalize, s["energy"], s["magnet"], s["flipped"], *out.values(), **kw)
-    st.update({k: v[:n] for k, v in out.items()})
+    out = kernels.SampleBuffer(spins=np.zeros((cap, R, L * L // 4), np.uint8),
+                               energy=np.zeros((cap, R)), magnet=np.zeros((cap, R)),
+                               slot=np.zeros((cap, R), np.int64), sweep=np.zeros(cap, np.int64))
+    events = Cadence(exchange_every, sample_every, thermalize).events(sweep0, sweep1)
+    n = fn(kernels.SegmentState(**st), sweep0, events, out, **kw)
+    st.update({f"out_{k}": v[:n] for k, v in out._asdict().items()})
     st["out_spins"] = np.empty((n, R, L, L), np.int8)  # captured packed: unpack to compare
-    kernels.unpack_spins(out["out_spins"][:n], st["out_spins"])
+    codec.unpack_spins(out.spins[:n], st["out_spins"])
     return st
 
 

@@ -395,3 +395,261 @@ def test_loop_under_ddp_single_process(tmp_path):
             train_epoch(DDP(gan), data, gan.configure_optimizers(1e-3), "cpu")
     finally:
         dist.destroy_process_group()
+
+
+# ====================================================================== issue 15
+# InfoGAN, ACGAN, the learned prior p(z|T), conditioning on (T, |m|), the standardised T input
+from ising_dist.models.condition import MagnetizationTable, make_condition  # noqa: E402
+from ising_dist.models.cvae import gaussian_kl  # noqa: E402
+from ising_dist.models.nets import t_feature  # noqa: E402
+
+LADDER = [1.5, 2.5, 4.0]
+NEW_GANS = ["infogan", "acgan"]
+
+
+def laddered(family, arch="mlp", L=8, **kw) -> ModelConfig:
+    return tiny(family, arch, L, ladder=kw.pop("ladder", LADDER), **kw)
+
+
+def pin_critic(model, bias) -> None:
+    """Make the critic's outputs constant (last layer's weights 0, its bias ``bias``)."""
+    last = model.critic.dense if model.cfg.arch == "conv" else model.critic.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(bias))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("family", NEW_GANS)
+def test_infogan_and_acgan_build_sample_and_train_with_finite_losses(family, arch):
+    model = build_model(laddered(family, arch, noise_dim=5, info_categories=3,
+                                 info_continuous=2))
+    assert model.kind == "adversarial" and model.cfg.adversarial and model.cfg.conditional
+    assert model.z_dim == (5 + 3 + 2 if family == "infogan" else 5)
+    T = torch.tensor([1.5, 2.5, 4.0, 1.5])
+    assert model.decode(torch.randn(4, model.z_dim), T).shape == (4, 8, 8)
+    for mode in ("bernoulli", "sign"):
+        assert_spins(model.sample(6, T=2.5, mode=mode), 6, 8)
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([two_mode(32, 8, 0.05, g), two_mode(32, 8, 0.5, g)])
+    Tx = torch.cat([torch.full((32,), 1.5), torch.full((32,), 4.0)])
+    opts = model.configure_optimizers(1e-3)
+    out = train_epoch(model, batches(x, Tx, 16, g), opts, "cpu")
+    key = "info" if family == "infogan" else "aux"
+    assert {f"critic_{key}", f"gen_{key}", "critic_total", "gen_total"} <= set(out)
+    assert all(math.isfinite(v) for v in out.values())
+    ev = evaluate_epoch(model, batches(x, Tx, 16, g), "cpu")
+    assert set(ev) == set(out)
+    # the critic judges the spins that sampling draws (same generator state: same spins)
+    fake = model.fake(torch.full((16,), 2.5), torch.Generator().manual_seed(3))
+    drawn = model.sample(16, T=2.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(fake.detach(), (drawn == 1).float())
+
+
+def test_infogan_information_term_is_the_cross_entropy_and_gaussian_bound():
+    """With a constant Q head (categorical logits q, continuous means mu), L_I must equal
+    CE(q, c_cat) + ½ Σ (mu − c_cont)², batch mean, over the codes the fakes were drawn with
+    (Chen et al. 2016, eq. 5 with a unit-variance Gaussian Q), in both players' losses."""
+    model = build_model(laddered("infogan", info_categories=3, info_continuous=2))
+    q, mu = [0.3, -1.0, 0.5], [0.2, -0.4]
+    pin_critic(model, [0.0] + q + mu)
+    x, T = torch.randint(0, 2, (64, 8, 8)).float(), torch.full((64,), 2.5)
+    for part in ("critic", "generator"):
+        torch.manual_seed(5)
+        _, cat, cont = model.latent(64)
+        torch.manual_seed(5)
+        terms = model(x, T, part)
+        logq = torch.log_softmax(torch.tensor(q, dtype=torch.float64), 0)
+        want = (-logq[cat].mean()
+                + 0.5 * (torch.tensor(mu, dtype=torch.float64) - cont.double()).pow(2).sum(1)
+                .mean())
+        assert terms["info"].item() == pytest.approx(want.item(), rel=1e-5), part
+
+
+@pytest.mark.parametrize("twin", [True, False])
+def test_acgan_classifies_the_ladder_index_of_each_temperature(twin):
+    """Constant class logits l (and twin logits l'): the discriminator's aux term is
+    CE(l, y) + CE(l' or l, y), the generator's CE(l, y) − CE(l', y) (TAC-GAN) or CE(l, y)
+    (Odena), y the ladder index of each lattice's T."""
+    model = build_model(laddered("acgan", aux_twin=twin))
+    l, l2 = [0.5, -1.0, 2.0], [1.0, 0.0, -0.5]
+    pin_critic(model, [0.0] + l + (l2 if twin else []))
+    T = torch.tensor([1.5, 2.5, 4.0, 4.0, 1.5, 2.5])
+    y = torch.tensor([0, 1, 2, 2, 0, 1])
+    x = torch.randint(0, 2, (6, 8, 8)).float()
+
+    def ce(logits):
+        lp = torch.log_softmax(torch.tensor(logits, dtype=torch.float64), 0)
+        return -lp[y].mean().item()
+    d, g = model.critic_loss(x, T)["aux"], model.generator_loss(x, T)["aux"]
+    assert d.item() == pytest.approx(ce(l) + ce(l2 if twin else l), rel=1e-5)
+    assert g.item() == pytest.approx(ce(l) - (ce(l2) if twin else 0.0), rel=1e-5)
+    with pytest.raises(ValueError, match=r"T=3 is not a training temperature"):
+        model.critic_loss(x, torch.full((6,), 3.0))
+
+
+def test_learned_prior_kl_is_the_gaussian_kl_and_the_prior_learns_at_kl_weight_zero():
+    """KL(N(mu_q, e^lv_q) ‖ N(mu_p, e^lv_p)) = ½ Σ [lv_p − lv_q + (e^lv_q + (mu_q − mu_p)²)
+    e^−lv_p − 1] with the encoder and prior network pinned; with kl_weight = 0 the total is
+    recon + 0·kl in value, and the prior network still gets a gradient."""
+    model = build_model(laddered("cvae", latent_dim=2, kl_weight=0.0))
+    assert model.cfg.prior == "learned"          # the cvae default (issue 15)
+    mu_q, lv_q, mu_p, lv_p = [0.5, -1.0], [0.3, -0.4], [0.2, 0.1], [-0.5, 0.7]
+    pin_outputs(model, 0.2, mu_q, lv_q)
+    with torch.no_grad():
+        model.prior_net[-1].bias.copy_(torch.tensor(mu_p + lv_p))
+    want = 0.5 * sum(b - a + (math.exp(a) + (m - n) ** 2) * math.exp(-b) - 1
+                     for m, a, n, b in zip(mu_q, lv_q, mu_p, lv_p))
+    x, T = torch.randint(0, 2, (8, 8, 8)).float(), torch.full((8,), 2.5)
+    terms = model(x, T)
+    assert terms["kl"].item() == pytest.approx(want, rel=1e-5)
+    assert gaussian_kl(*(torch.tensor(v) for v in (mu_q, lv_q, mu_p, lv_p))).item() == \
+        pytest.approx(want, rel=1e-5)
+    assert terms["total"].item() == pytest.approx(terms["recon"].item(), rel=1e-6)
+    terms["total"].backward()
+    assert model.prior_net[-1].bias.grad.abs().sum() > 0
+    mean, logvar = model.learned_prior(torch.full((3,), 2.5))
+    assert mean.shape == logvar.shape == (3, 2)
+
+
+def test_learned_prior_fits_the_codes_of_each_temperature():
+    """After training on two temperatures, p(z|T) sits on the codes the encoder gives at that
+    T: its mean within 0.5 aggregate-posterior widths of the codes' mean at T."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([two_mode(256, 8, 0.05, g), two_mode(256, 8, 0.5, g)])
+    T = torch.cat([torch.full((256,), 1.5), torch.full((256,), 4.0)])
+    model = build_model(laddered("cvae", hidden=[64, 32], latent_dim=2, ladder=[1.5, 4.0]))
+    opts = model.configure_optimizers(3e-3)
+    for _ in range(40):
+        train_epoch(model, batches(x, T, 64, g), opts, "cpu")
+    with torch.no_grad():
+        mu, logvar = model.encode(x, T)
+        pm, plv = model.learned_prior(torch.tensor([1.5, 4.0]))
+    for k, rows in enumerate((slice(0, 256), slice(256, 512))):
+        width = (logvar[rows].exp().mean(0) + mu[rows].var(0)).sqrt()
+        assert ((pm[k] - mu[rows].mean(0)).abs() < 0.5 * width).all(), (k, pm, mu[rows].mean(0))
+
+
+def test_t_feature_standardises_over_the_ladder():
+    cfg = laddered("dcgan", ladder=[1.8, 2.4, 3.0])
+    f = t_feature(torch.tensor([1.8, 2.4, 3.0]), cfg, 3)
+    assert torch.allclose(f.squeeze(1), torch.tensor([-1.0, 0.0, 1.0]), atol=1e-6)
+    f2 = t_feature(torch.tensor([[1.8, 0.25], [3.0, 1.0]]), cfg, 2)
+    assert torch.allclose(f2, torch.tensor([[-1.0, -0.5], [1.0, 1.0]]), atol=1e-6)
+    old = tiny("dcgan")                        # no ladder: T / t_scale, as older files had
+    assert t_feature(torch.tensor([2.0]), old, 1).item() == pytest.approx(2.0 / old.t_scale)
+
+
+def test_magnetization_table_counts_the_training_lattices_and_draws_from_them():
+    """|m| levels of L = 4 lattices counted per ladder temperature; draws follow the counts
+    (each level within 4.5 sigma over 20000 draws)."""
+    table = MagnetizationTable([2.0, 3.0], 4)
+    x = torch.zeros(6, 4, 4)
+    x[1, 0, :3] = 1                      # Σs = −16 + 6 = −10: |m| = 10/16, level 5
+    x[2] = 1                             # |m| = 1, level 8
+    x[3, :2] = 1                         # Σs = 0, level 0
+    T = torch.tensor([2.0, 2.0, 2.0, 3.0, 3.0, 3.0])
+    table.observe(x, T)
+    want = torch.zeros(2, 9, dtype=torch.float64)
+    want[0, 8] += 2
+    want[0, 5] += 1
+    want[1, 8] += 2
+    want[1, 0] += 1
+    assert torch.equal(table.counts, want)
+    assert torch.allclose(table.mean(), torch.tensor([(2 + 10 / 16) / 3, 2 / 3],
+                                                     dtype=torch.float64))
+    m = table.draw(torch.full((20000,), 2.0), torch.Generator().manual_seed(1))
+    frac = (m == 1.0).double().mean()
+    assert set(m.tolist()) == {1.0, 10 / 16}
+    assert abs(frac - 2 / 3) < 4.5 * math.sqrt(2 / 9 / 20000)
+    with pytest.raises(ValueError, match=r"T=2\.5 is not a training temperature"):
+        table.draw(torch.tensor([2.5]))
+    empty = MagnetizationTable([2.0, 3.0], 4)
+    with pytest.raises(ValueError, match="no |m| has been counted"):
+        empty.draw(torch.tensor([2.0]))
+
+
+@pytest.mark.parametrize("family", ["cvae", "dcgan", "wgan-gp", "infogan"])
+def test_condition_m_trains_on_each_lattices_m_and_draws_m_at_generation(family):
+    model = build_model(laddered(family, condition_m=True, n_critic=1))
+    assert model.cfg.n_conditions == 2
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([two_mode(32, 8, 0.05, g), two_mode(32, 8, 0.5, g)])
+    T = torch.cat([torch.full((32,), 1.5), torch.full((32,), 4.0)])
+    c = make_condition(model, T, 64, x)
+    assert torch.allclose(c[:, 1], (2 * x - 1).mean((1, 2)).abs()) and torch.equal(c[:, 0], T)
+    opts = model.configure_optimizers(1e-3)
+    out = train_epoch(model, batches(x, T, 16, g), opts, "cpu")
+    assert all(math.isfinite(v) for v in out.values())
+    assert model.m_table.counts.sum() == 64          # train_epoch showed it every lattice
+    assert_spins(model.sample(5, T=1.5), 5, 8)
+    with pytest.raises(ValueError, match=r"T=2 is not a training temperature"):
+        model.sample(5, T=2.0)
+    with pytest.raises(ValueError, match="no |m| has been counted"):
+        model.sample(5, T=2.5)                      # on the ladder, never trained on
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"family": "rbn"}, "family='rbn'"),
+    ({"family": "acgan", "ladder": [2.0]}, "family='acgan' classifies the temperature"),
+    ({"family": "vae", "condition_m": True}, "condition_m=true with family='vae'"),
+    ({"family": "acgan", "condition_m": True}, "condition_m=true with family='acgan'"),
+    ({"family": "vae", "prior": "learned"}, "prior='learned' with family='vae'"),
+    ({"family": "infogan", "info_categories": 1}, "info_categories=1"),
+    ({"family": "infogan", "info_categories": 0, "info_continuous": 0}, "no latent codes"),
+    ({"family": "acgan", "aux_twin": "yes"}, "aux_twin='yes'"),
+    ({"family": "rbm", "cd_k": 0}, "cd_k=0: CD-k needs k ≥ 1"),
+    ({"family": "dcgan", "ladder": [2.0, 2.0]}, "ladder=[2.0, 2.0]"),
+])
+def test_bad_issue15_configs_name_the_value(change, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ModelConfig.from_dict({**tiny().to_dict(), "prior": "", **change})
+
+
+def test_acgan_without_temperatures_is_refused_when_built_and_when_sampled():
+    with pytest.raises(ValueError, match="fewer than two"):
+        build_model(tiny("acgan"))
+    with pytest.raises(ValueError, match="pass T"):
+        build_model(laddered("acgan")).sample(4)
+
+
+# ---------------------------------------------------------------------- Ray Train, 2 workers
+RAY_MODELS = {
+    "rbm": {"family": "rbm", "latent_dim": 16, "ais_runs": 16, "ais_steps": 100,
+            "gibbs_burn_in": 20},
+    "infogan": {"family": "infogan", "hidden": [32, 16], "noise_dim": 4},
+    "acgan": {"family": "acgan", "hidden": [32, 16], "noise_dim": 4},
+    "cvae-tm": {"family": "cvae", "hidden": [32, 16], "latent_dim": 2, "condition_m": True},
+}
+
+
+@pytest.fixture(scope="module")
+def pt_file(tmp_path_factory):
+    from tests.test_data import make_pt_file
+    return make_pt_file(tmp_path_factory)
+
+
+@pytest.mark.parametrize("name", sorted(RAY_MODELS))
+def test_new_families_train_under_two_ddp_workers_and_resume(name, tmp_path, pt_file):
+    """python -m ising_dist.train's path with a real local Ray: 2 epochs on 2 DDP workers on
+    the real L = 8 PT file, then --resume to 3; the model file holds the data's ladder and
+    generates at its temperatures."""
+    from ising_dist import train
+    from tests.test_train import cfg_of, start_local_ray
+    from tests.test_train import tiny as tiny_run
+
+    start_local_ray()
+    out = tmp_path / name
+    train.run(cfg_of(tiny_run(pt_file, out, model=RAY_MODELS[name], workers=2, epochs=2)))
+    assert [r["epoch"] for r in train.read_metrics(out)] == [1, 2]
+    assert train.main(["--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+    rows = train.read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(v) for r in rows for v in r.values())
+    assert train.load_state(train.checkpoints(out)[-1])["resumed_at"] == [2]
+    if name == "rbm":
+        assert all("val_nll" in r and 0 < r["val_nll"] < 1 for r in rows)
+    model, extra = load_model(out / "model.pt")
+    ladder = extra["data"]["temperatures"]
+    assert model.cfg.ladder == pytest.approx(ladder) and len(ladder) == 4
+    assert_spins(model.sample(8, T=ladder[0]), 8, 8)

@@ -366,7 +366,7 @@ def test_evaluate_judges_nmcmc_and_prices_it(tmp_path, ar_run):
     """evaluate with an nmcmc file: the chain's observables against MCMC and exact, its cost
     against Metropolis and Wolff of the same run; the raw samples of an untrained model are
     labelled biased and get no speed-up; the report shows the section."""
-    from ising_dist import evaluate
+    from ising_dist.judge import driver
     pt = tmp_path / "pt.h5"
     res = subprocess.run([sys.executable, "-m", "ising_dist.pt", "--L", "4", "--replicas", "3",
                           "--tmin", "3.5", "--tmax", "6.0", "--thermalize", "500", "--sweeps",
@@ -381,8 +381,8 @@ def test_evaluate_judges_nmcmc_and_prices_it(tmp_path, ar_run):
     assert nmcmc.main(["--model", str(ar_run), "--temperatures", ladder,
                        "--steps", "20000", "--batch", "4096", "--out", str(nm), "--quiet"]) == 0
     out = tmp_path / "report"
-    metrics = evaluate.run(pt, ar_run, out, 1000, progress=None, cost=True, cost_sweeps=300,
-                           nmcmc_file=nm)
+    metrics = driver.run(pt, ar_run, out, 1000, progress=None, cost=True, cost_sweeps=300,
+                         nmcmc_file=nm)
     sec = metrics["nmcmc"]
     assert sec["proposal"] == "exact" and len(sec["per_temperature"]) == 3
     for j, c in zip(sec["per_temperature"], sec["cost"]):
@@ -406,7 +406,7 @@ def test_judge_flags_a_chain_too_short_for_its_proposal():
     """reliable needs the chain to be ≥ 30 τ_int long and the weights' ESS ≥ 100: a series
     whose τ_int looks fine but whose weights are dominated by a few proposals is flagged,
     and so is a chain that never moved."""
-    from ising_dist import neural_cost
+    from ising_dist.judge import neural_mcmc
     rng = np.random.default_rng(0)
     n, L, T = 20000, 4, 3.0
     e = rng.choice([-2.0, -1.5, -1.0], n)
@@ -415,7 +415,7 @@ def test_judge_flags_a_chain_too_short_for_its_proposal():
     def judged(log_w, accepted=n // 3):
         r = {"T": T, "e": e, "m": m, "log_w": log_w, "accepted": accepted}
         r.update(nmcmc.chain_statistics(e, m, log_w, accepted, T, L))
-        j, = neural_cost.judge([r], L)
+        j, = neural_mcmc.judge([r], L)
         return r, j
 
     r, j = judged(rng.normal(0, 0.5, n))                 # i.i.d. chain, flat weights
@@ -423,7 +423,7 @@ def test_judge_flags_a_chain_too_short_for_its_proposal():
     heavy = rng.normal(0, 0.5, n)
     heavy[:20] += 12                                      # 20 proposals carry the weight
     r, j = judged(heavy)
-    assert r["tau_int"] < 1 and r["ess_fraction"] * n < neural_cost.MIN_ESS
+    assert r["tau_int"] < 1 and r["ess_fraction"] * n < neural_mcmc.MIN_ESS
     assert not j["reliable"]
     r, j = judged(rng.normal(0, 0.5, n), accepted=0)     # never moved
     assert r["tau_int"] == math.inf and not j["reliable"] and j["tau_int"] is None

@@ -11,8 +11,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import yaml
 
-from ising_dist import exact, observables
+from ising_dist import exact, native, observables
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -95,11 +96,30 @@ def test_several_ranks_use_the_compiled_mpi_loop_when_it_is_built():
     if not native.available():
         pytest.skip(f"native library not built (`{native.BUILD_HINT}`)")
     script = ("from ising_dist.mpi import world; from ising_dist import native; c = world(); "
-              "flags = c.gather(native.mpi_segment_available(c.mpi)); "
+              "flags = c.gather(native.mpi_segment_available(c)); "
               "c.rank == 0 and print(flags)")
     res = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-c", script],
                          env=env(True), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "[True, True]", res.stdout + res.stderr
+
+
+@pytest.mark.mpi
+def test_only_the_mpi_module_touches_mpi4py():
+    """ising_dist.mpi is the one module that imports mpi4py, and its communicator hands out
+    no mpi4py object but h5py's (compiled code gets a Fortran handle and the MPI library
+    version instead)."""
+    users = [p.relative_to(ROOT).as_posix() for p in (ROOT / "ising_dist").rglob("*.py")
+             if "mpi4py" in p.read_text() and p.name != "mpi.py"]
+    assert users == [], users
+    script = ("from ising_dist.mpi import world; c = world(); "
+              "public = {k: type(v).__module__ for k, v in vars(c).items() if k[0] != '_'}; "
+              "print(sorted(public.items()), type(c.fortran_handle()).__name__, "
+              "'MPI' in c.library_version(), type(c.h5py_comm()).__module__)")
+    res = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-c", script],
+                         env=env(True), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2 and len(set(lines)) == 1, res.stdout + res.stderr
+    assert lines[0] == "[('rank', 'builtins'), ('size', 'builtins')] int True mpi4py.MPI", lines
 
 
 def test_file_follows_the_contract_and_hdf5_tools_read_it(tmp_path):
@@ -266,6 +286,26 @@ def test_more_ranks_than_replicas_is_refused(tmp_path):
     assert "Traceback" not in res.stderr + res.stdout
 
 
+@pytest.mark.mpi
+def test_every_rank_gets_a_replica_when_the_ladder_is_not_given(tmp_path):
+    """Issue 14: without --replicas or --temperatures, P ranks run R = max(8, P) temperatures
+    over the same tmin..tmax, and the stored config records R; given R stays as asked."""
+    def stored(path):
+        with h5py.File(path, "r") as f:
+            return yaml.safe_load(f.attrs["config"]), f["temperatures"][()]
+    quick = ("--L", "4", "--thermalize", "10", "--sweeps", "20", "--sample-every", "10",
+             "--backend", "native" if native.available() else "numba")
+    run_pt(*quick, "--out", tmp_path / "p4.h5", ranks=4)
+    cfg, temps = stored(tmp_path / "p4.h5")
+    assert cfg["replicas"] == 8 and len(temps) == 8
+    run_pt(*quick, "--out", tmp_path / "p10.h5", ranks=10)
+    cfg, temps = stored(tmp_path / "p10.h5")
+    assert cfg["replicas"] == 10 and len(temps) == 10
+    assert np.allclose(temps, np.geomspace(cfg["tmin"], cfg["tmax"], 10))
+    res = run_pt(*quick, "--replicas", "2", "--out", tmp_path / "r2.h5", ranks=10, check=False)
+    assert res.returncode == 2 and "replicas=2 < 10 MPI ranks" in res.stderr, res.stderr
+
+
 def test_existing_output_is_never_clobbered_and_resume_is_checked(tmp_path):
     out = tmp_path / "run.h5"
     run_pt(*SMALL, "--sweeps", "100", "--out", out)
@@ -378,8 +418,8 @@ def test_exchanges_decide_on_the_energies_of_the_lattices(tmp_path, backend):
     from ising_dist import kernels, native
     from ising_dist.config import PTConfig
     from ising_dist.mpi import world
-    from ising_dist.pt import ParallelTempering
-    from ising_dist.store import GatherWriter, RunWriter
+    from ising_dist.tempering import ParallelTempering
+    from ising_dist.writers import RunWriter, gather_writer
     if backend == "native" and not native.available():
         pytest.skip(f"native library not built (`{native.BUILD_HINT}`)")
     cfg = cfgmod.load(PTConfig, None, dict(
@@ -387,8 +427,8 @@ def test_exchanges_decide_on_the_energies_of_the_lattices(tmp_path, backend):
         exchange_every=5, checkpoint_every=50, algorithm="wolff", seed=3, backend=backend,
         progress=False, out=str(tmp_path / "run.h5")))
     comm = world()
-    writer = GatherWriter(comm, RunWriter.create(cfg.out, cfgmod.to_yaml(cfg), cfg.L, cfg.seed,
-                                                 cfg.ladder_temperatures()))
+    writer = gather_writer(comm, RunWriter.create(cfg.out, cfgmod.to_yaml(cfg), cfg.L, cfg.seed,
+                                                  cfg.ladder_temperatures()))
     run = ParallelTempering(cfg, comm, None, writer)
     exchange, checked = run._exchange, {}
 

@@ -23,7 +23,7 @@ import yaml
 from ising_dist import runlock
 from ising_dist.runlock import (RunLock, RunLockedError, RunLostError, flock_is_cluster_wide,
                                 lock_path, owner_alive, process_start, refuse_if_live)
-from ising_dist.store import CHECKPOINT_FIELDS
+from ising_dist.tempering import PTState
 from tests.test_pt import DATASETS, SMALL, env, pt_cmd, run_pt, wait_for_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ def read_run(path):
         attrs = dict(f.attrs)
         attrs["config"] = {k: v for k, v in yaml.safe_load(attrs["config"]).items() if k != "out"}
         cur = int(f["checkpoint/current"][0])
-        ckpt = {k: f[f"checkpoint/slot{cur}/{k}"][()] for k in CHECKPOINT_FIELDS}
+        ckpt = {k: f[f"checkpoint/slot{cur}/{k}"][()] for k in PTState.names()}
     return d, attrs, ckpt
 
 
@@ -236,7 +236,7 @@ def assert_same_run(a, b):
         assert np.array_equal(aa[k], ab[k]) if not isinstance(aa[k], dict) else aa[k] == ab[k], k
     for k in DATASETS:
         assert np.array_equal(da[k], db[k]), f"{k} differs"
-    for k in CHECKPOINT_FIELDS:
+    for k in PTState.names():
         assert np.array_equal(ca[k], cb[k]), f"checkpoint {k} differs"
 
 

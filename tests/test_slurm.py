@@ -9,7 +9,7 @@ import pytest
 
 from tests.slurm_cluster import SlurmCluster
 from tests.test_pt import assert_same_data, read_all, run_pt
-from tests.test_train import BIN, local_ray_head, session_pids
+from tests.test_train import BIN, _own_lines, local_ray_head, session_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -134,3 +134,68 @@ def test_sbatch_train_trains_through_its_own_ray_and_leaves_other_rays_running(s
         time.sleep(0.5)
     assert not _pids_with_arg(f"/tmp/ray-job{job}/")
     assert not Path(f"/tmp/ray-job{job}").exists()
+
+
+def test_scancel_term_stops_training_at_a_checkpoint_and_resubmission_resumes(slurm, tmp_path):
+    """Issue 13: SIGTERM to the job's batch script — what `#SBATCH --signal=B:TERM@120` sends
+    before the time limit, here `scancel --batch --signal=TERM` — reaches the training driver,
+    which ends the run at the checkpoint of the epoch in progress, prints the --resume command
+    and exits 0 (the job COMPLETED). Resubmitted with --resume, the run ends as an
+    uninterrupted one (run here without Ray: a LocalSession trains as a 1-worker Ray run)."""
+    import yaml
+
+    from ising_dist import config as cfgmod
+    from ising_dist import train
+    from tests.test_data import PT_ARGS
+    from tests.test_train import tiny
+
+    pt = tmp_path / "pt.h5"
+    run_pt("--config", "configs/pt/demo.yaml", *PT_ARGS, "--out", pt)
+    run = tmp_path / "run"
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(tiny(pt, run)))
+    def submit(*args, wait=False):
+        return slurm.run("sbatch", "--parsable", *(["--wait"] if wait else []),
+                         f"--output={tmp_path}/train-%j.out", "slurm/train.sh", "train", preset,
+                         *args, cwd=ROOT, check=not wait)
+    res = submit("--epochs", "1000")
+    job = res.stdout.strip().split(";")[0]
+    log = tmp_path / f"train-{job}.out"
+    try:
+        t0 = time.time()
+        while not (run / "checkpoint_0002" / "trainer.pt").is_file():
+            ended = slurm.job_state(job) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+            assert not ended and time.time() - t0 < 400, log.read_text() if log.exists() else job
+            time.sleep(0.2)
+        slurm.run("scancel", "--batch", "--signal=TERM", job)
+        t0 = time.time()
+        while (slurm.job_state(job) in ("RUNNING", "PENDING", "COMPLETING")
+               and time.time() - t0 < 180):
+            time.sleep(0.5)
+    finally:   # a job left running would outlive the test's Slurm (its steps keep running)
+        if slurm.job_state(job) in ("RUNNING", "PENDING"):
+            slurm.run("scancel", job, check=False)
+    text = log.read_text()
+    assert slurm.job_state(job) == "COMPLETED", text
+    last = train.checkpoints(run)[-1]
+    done = train.load_state(last)["epoch"]
+    assert 2 <= done < 1000 and not (run / "model.pt").exists(), text
+    assert (f"stopped after epoch {done}/1000 with a checkpoint; continue with:\n"
+            f"  python -m ising_dist.train --out {run} --resume") in text, text
+    assert "Traceback" not in _own_lines(text), text   # (Ray's actors may log their own)
+
+    # resubmitted with --resume: two epochs more
+    epochs = str(done + 2)
+    res = submit("--epochs", epochs, "--resume", wait=True)
+    job2 = res.stdout.strip().split(";")[0]
+    text2 = (tmp_path / f"train-{job2}.out").read_text()
+    assert res.returncode == 0 and f"resuming after epoch {done}" in text2, text2
+    assert f"done: {epochs} epochs" in text2, text2
+    ref = tmp_path / "ref"
+    train.run(cfgmod.from_dict(train.TrainConfig, tiny(pt, ref, epochs=done + 2)), local=True)
+    rows, expect = train.read_metrics(run), train.read_metrics(ref)
+    assert [r["epoch"] for r in rows] == list(range(1, done + 3))
+    for r, q in zip(rows, expect):
+        for k in ("train_total", "val_recon", "val_kl", "val_total"):
+            assert r[k] == pytest.approx(q[k], rel=1e-5), (k, rows, expect)
+    assert done in train.load_state(train.checkpoints(run)[-1])["resumed_at"]

@@ -26,6 +26,7 @@ from ising_dist import config as cfgmod
 from ising_dist import train
 from ising_dist.data import make_datasets
 from ising_dist.models import evaluate_epoch, load_model
+from ising_dist.session import STOP_FILE, LocalSession, request_stop
 from tests.test_data import make_pt_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +149,76 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path, 
     for r, q in zip(rows, ref):
         for k in ("train_total", "val_recon", "val_kl", "val_total"):
             assert r[k] == pytest.approx(q[k], rel=1e-5), (k, rows, ref)
+
+
+def _same_curve(rows, ref, rel, keys=("train_total", "val_recon", "val_kl", "val_total")):
+    assert [r["epoch"] for r in rows] == [q["epoch"] for q in ref]
+    for r, q in zip(rows, ref):
+        for k in keys:
+            assert r[k] == pytest.approx(q[k], rel=rel), (k, rows, ref)
+
+
+def test_a_local_session_trains_as_a_one_worker_ray_run(tmp_path, baseline, pt_file):
+    """The same train_loop in this process (LocalSession, no Ray) gives the baseline's run:
+    its curve, its checkpoints and its final weights."""
+    out = tmp_path / "local"
+    summary = train.run(cfg_of(tiny(pt_file, out)), local=True)
+    assert summary["epoch"] == EPOCHS and not summary["stopped"]
+    _same_curve(train.read_metrics(out), train.read_metrics(baseline[0]), rel=1e-6)
+    assert [p.name for p in train.checkpoints(out)] == ["checkpoint_0002", "checkpoint_0003"]
+    mine, _ = load_model(out / "model.pt")
+    ref, _ = load_model(baseline[0] / "model.pt")
+    for (k, a), b in zip(mine.state_dict().items(), ref.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), k
+    with pytest.raises(cfgmod.ConfigError, match="workers=2: a local run"):
+        train.run(cfg_of(tiny(pt_file, tmp_path / "two", workers=2)), local=True)
+
+
+class StopAfterFirstEpoch(LocalSession):
+    """A session whose user asks the run to stop as soon as epoch 1 is reported."""
+
+    def report(self, metrics, checkpoint_dir, name):
+        super().report(metrics, checkpoint_dir, name)
+        request_stop(self.run_dir)
+
+
+def test_a_stop_request_ends_the_run_at_a_checkpoint_and_resume_finishes_it(tmp_path, baseline,
+                                                                            pt_file):
+    out = tmp_path / "stopped"
+    cfg, fp, resume_from = train.prepare(cfg_of(tiny(pt_file, out)))
+    loop = {"config": cfgmod.to_dict(cfg), "run_dir": str(out), "data": fp, "resume_from": None}
+    threads = torch.get_num_threads()
+    try:
+        train.train_loop(loop, StopAfterFirstEpoch(out, keep_checkpoints=2))
+    finally:
+        torch.set_num_threads(threads)
+    assert [p.name for p in train.checkpoints(out)] == ["checkpoint_0001"]
+    assert [r["epoch"] for r in train.read_metrics(out)] == [1]
+    summary = train.run(cfg_of(tiny(pt_file, out)), resume=True, local=True)
+    assert summary["epoch"] == EPOCHS and not summary["stopped"]
+    assert not (out / STOP_FILE).exists()           # the run cleared the old request
+    assert train.load_state(train.checkpoints(out)[-1])["resumed_at"] == [1]
+    _same_curve(train.read_metrics(out), train.read_metrics(baseline[0]), rel=1e-5)
+
+
+RAY_CHATTER = ("Reporting training result", "PreemptionWatcher", "multiple active Ray instances",
+               "Token authentication", "Traceback")
+
+
+def test_the_cli_prints_its_progress_and_none_of_rays_chatter(tmp_path, pt_file, ray_local):
+    """Issue 13: on the embedded local cluster the user sees our lines only, none of Ray's
+    per-report metrics dicts, preemption-watcher error, token notice or placement-group
+    cleaner traceback (which another Ray on the machine, this test process's, provokes)."""
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(tiny(pt_file, tmp_path / "run")))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    res = subprocess.run([sys.executable, "-m", "ising_dist.train", "--config", str(preset)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    said = res.stdout + res.stderr
+    assert res.returncode == 0, said[-4000:]
+    for chatter in RAY_CHATTER:
+        assert chatter not in said, said[-6000:]
+    assert f"epoch {EPOCHS}/{EPOCHS}" in said and f"done: {EPOCHS} epochs" in said, said
 
 
 @pytest.mark.validation

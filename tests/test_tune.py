@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from ising_dist import config as cfgmod
-from ising_dist import evaluate, tune
+from ising_dist import tune
+from ising_dist.judge import driver
 from ising_dist.config import ConfigError
 from ising_dist.models import load_model
 from tests.test_data import make_pt_file
@@ -108,9 +109,9 @@ def test_search_ranked_by_physics_fidelity_writes_scores_and_heatmap(tmp_path, p
     # each score is the physics fidelity that evaluate computes for that trial's final model
     # on the validation split of its file (1000 samples per T, the scorer's default)
     for r in rows:
-        loaded = evaluate.load_run(r["model"])
-        m = evaluate.evaluate_model(loaded["model"], r["data"], 1000, extra=loaded["extra"],
-                                    split="val", cost=False, latent=False)
+        loaded = driver.load_run(r["model"])
+        m = driver.evaluate_model(loaded["model"], r["data"], 1000, extra=loaded["extra"],
+                                  split="val", cost=False, latent=False)
         assert float(r["score"]) == pytest.approx(m["fidelity"], rel=1e-5), r["trial"]
         assert m["split"]["evaluated"] == "val" and m["split"]["same_file_as_training"]
     assert "ranked by physics" in (out / "results.md").read_text()

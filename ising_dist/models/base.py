@@ -1,14 +1,61 @@
-"""What every family shares: the config, temperature handling, and logits → ±1 spins."""
+"""What every family shares: the config, temperature handling, logits → ±1 spins, the spin ↔
+{0, 1} mapping of the networks' inputs, and batched generation (:func:`generate`)."""
 from __future__ import annotations
 
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from .config import SAMPLE_MODES, ModelConfig
 
 TLike = Union[None, float, torch.Tensor]
+BATCH = 2048          # configurations per network call in generate / encode_spins
+
+
+def spins_to_unit(spins) -> torch.Tensor:
+    """±1 spins (numpy or torch, any shape and dtype) → float32 tensor in {0, 1} (s = +1 → 1),
+    the networks' input convention (on the input's device; numpy → CPU)."""
+    if isinstance(spins, torch.Tensor):
+        return (spins > 0).to(torch.float32)
+    return torch.from_numpy((np.asarray(spins) > 0).astype(np.float32))
+
+
+def unit_to_spins(x: torch.Tensor) -> torch.Tensor:
+    """{0, 1} tensor (any shape) → int8 ±1 tensor (1 → +1, 0 → −1); inverse of spins_to_unit."""
+    return (2 * x - 1).to(torch.int8)
+
+
+def has_encoder(model) -> bool:
+    """True for likelihood models with an encoder (AE, VAE, cVAE): they have codes to analyse,
+    to fit a prior to (``fit_prior``) and to sample from it."""
+    return getattr(model, "kind", "") == "likelihood" and hasattr(model, "encode")
+
+
+@torch.no_grad()
+def generate(model, T: float, n: int, prior: Optional[str] = None, mode: Optional[str] = None,
+             seed: int = 0, batch: int = BATCH) -> np.ndarray:
+    """n configurations of ``model`` at temperature T (J/k_B), int8 ±1 numpy [n, L, L], drawn
+    in batches of ``batch`` from one torch generator seeded with ``seed`` (on the model's
+    device), so the result depends on (seed, batch) only.
+
+    model: a built model, or any object with ``sample(n, T, mode=, generator=)`` returning ±1
+    spins (or a (spins, ln q) pair, as exact models do). Models with an encoder also get
+    ``prior`` ("normal", "fitted", "aggregate": see VAE.sample; None = the config's); mode
+    "bernoulli" | "sign" (None = the config's)."""
+    dev = getattr(model, "device", torch.device("cpu"))
+    g = torch.Generator(device=dev)
+    g.manual_seed(int(seed))
+    out = []
+    for i in range(0, n, batch):
+        k = min(batch, n - i)
+        if has_encoder(model):
+            x = model.sample(k, T, mode=mode, prior=prior, generator=g)
+        else:
+            x = model.sample(k, T, mode=mode, generator=g)
+        out.append((x[0] if isinstance(x, tuple) else x).cpu())   # exact models: (x, ln q)
+    return torch.cat(out).numpy().astype(np.int8)
 
 
 class GenerativeModel(nn.Module):

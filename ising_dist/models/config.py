@@ -12,22 +12,26 @@ from typing import Any, Mapping
 
 TC = 2.269185314213022  # exact critical temperature 2/ln(1+√2), J = k_B = 1
 
-FAMILIES = ("ae", "vae", "cvae", "dcgan", "wgan-gp", "autoregressive")
+FAMILIES = ("ae", "vae", "cvae", "dcgan", "wgan-gp", "infogan", "acgan", "autoregressive",
+            "rbm")
+GAN_FAMILIES = ("dcgan", "wgan-gp", "infogan", "acgan")
 ARCHS = ("mlp", "conv")
 BODIES = ("pixelcnn", "made")                  # family "autoregressive"
 OBJECTIVES = ("likelihood", "variational")     # family "autoregressive"
 SAMPLE_MODES = ("bernoulli", "sign")
-PRIORS = ("normal", "fitted")
+PRIORS = ("normal", "fitted", "learned")
 
 
 @dataclass
 class ModelConfig:
     """Every field of a generative model, validated on construction.
 
-    family           "ae" | "vae" | "cvae" | "dcgan" | "wgan-gp" | "autoregressive"
+    family           "ae" | "vae" | "cvae" | "dcgan" | "wgan-gp" | "infogan" | "acgan" |
+                     "autoregressive" | "rbm"
     arch             "mlp" (any L) | "conv" (L divisible by 2**len(channels))
     L                lattice side; inputs/outputs are [B, L, L]
-    latent_dim       code size of AE/VAE/CVAE
+    latent_dim       code size of AE/VAE/CVAE; number of hidden units of an RBM (its latent
+                     layer, so a latent_dim sweep sizes it too)
     hidden           MLP widths, input → hidden[0] → … → (μ, logσ²), mirrored back (seed 004)
     channels         conv widths, each a stride-2 conv (5x5 first, 3x3 after), then a dense
                      layer to the code; transposed convs back (seed 001)
@@ -36,11 +40,38 @@ class ModelConfig:
     mag_weight       ≥ 0, weight of (m_in − m_out)² (seed 000's magnetization matching)
     binarize_weight  ≥ 0, weight of mean p(1−p) (seed 000's push of outputs to 0/1)
     sample_mode      "bernoulli" (draw each site) | "sign" (threshold p > 0.5, seed 000)
-    prior            "normal" (N(0, 1)) | "fitted" (per-T Gaussian fitted to codes, seed 001)
-    t_scale          temperatures enter networks as T / t_scale
+    prior            "normal" (N(0, 1)) | "fitted" (per-T Gaussian fitted to codes, seed 001) |
+                     "learned" (cvae only: p(z|T) = N(μ(T), σ²(T)) from a small network trained
+                     in the ELBO, issue 15). Default "": "learned" for cvae, else "normal"
+    t_scale          temperatures enter networks as T / t_scale when the model has no ladder
+                     (with one: standardised over it, see nets.t_feature)
     gp_weight        WGAN-GP gradient-penalty weight
     n_critic         critic steps per generator step (WGAN-GP; DCGAN always uses 1)
     noise_dim        GAN generator noise size
+    ladder           the training temperatures, ascending (filled from the data by
+                     ``python -m ising_dist.train``; [] until then). Needed by family "rbm" (one
+                     RBM per temperature), "acgan" (its classes) and condition_m (|m| tables);
+                     networks conditional on T take T standardised over it (nets.t_feature)
+    condition_m      cvae, dcgan, wgan-gp, infogan: condition on (T, |m|) instead of T (seed 000);
+                     at generation |m| is drawn from the MCMC distribution of |m| at T, stored in
+                     the model (models/condition.py), so T must be a ladder temperature
+  family "infogan" (Chen et al. 2016, arXiv 1606.03657) / "acgan" (Odena et al. 2017,
+  arXiv 1610.09585), both BCE GANs conditional on T like "dcgan":
+    info_categories  InfoGAN categorical code size (0: none); info_continuous: uniform(−1, 1)
+                     codes; info_weight: λ of the mutual-information bound L_I
+    aux_weight       ACGAN weight of the auxiliary classifier's cross-entropy over the ladder
+    aux_twin         ACGAN with TAC-GAN's twin classifier (Gong et al. 2019), which removes
+                     ACGAN's bias towards easily classified fakes (see gan.py); false: Odena's
+  family "rbm" (Bernoulli–Bernoulli restricted Boltzmann machine, models/rbm.py):
+    cd_k             block Gibbs steps of the negative phase of CD-k / PCD-k (≥ 1)
+    persistent       persistent CD (Tieleman 2008): negatives continue pcd_chains fantasy
+                     chains per temperature instead of restarting at the data
+    pcd_chains       persistent chains per temperature
+    gibbs_burn_in    sampling: block Gibbs steps from a uniform random start before the first
+                     sample; gibbs_thin: steps between two samples of one chain;
+                     gibbs_chains: chains run in parallel by one sample() call
+    ais_runs, ais_steps   annealed importance sampling of ln Z (evaluation): independent runs
+                     and intermediate distributions (linear in β from the uniform distribution)
   family "autoregressive" only (exact, normalised q(x|T); see models/autoregressive.py):
     body             "pixelcnn" (masked convolutions) | "made" (masked dense, arXiv 1502.03509)
     t_conditional    one network for the whole ladder: T enters every layer (then
@@ -72,11 +103,26 @@ class ModelConfig:
     mag_weight: float = 0.0
     binarize_weight: float = 0.0
     sample_mode: str = "bernoulli"
-    prior: str = "normal"
+    prior: str = ""
     t_scale: float = TC
     gp_weight: float = 10.0
     n_critic: int = 5
     noise_dim: int = 16
+    ladder: list[float] = field(default_factory=list)
+    condition_m: bool = False
+    info_categories: int = 2
+    info_continuous: int = 1
+    info_weight: float = 1.0
+    aux_weight: float = 1.0
+    aux_twin: bool = True
+    cd_k: int = 1
+    persistent: bool = False
+    pcd_chains: int = 64
+    gibbs_burn_in: int = 500
+    gibbs_thin: int = 10
+    gibbs_chains: int = 1024
+    ais_runs: int = 64
+    ais_steps: int = 1000
     body: str = "pixelcnn"
     t_conditional: bool = False
     z2: bool = False
@@ -91,12 +137,15 @@ class ModelConfig:
     van_steps: int = 50
 
     def __post_init__(self) -> None:
+        if self.prior == "":   # the family's default (issue 15: a cvae follows T through p(z|T))
+            self.prior = "learned" if self.family == "cvae" else "normal"
         self.validate()
         # normalise after validation so to_dict() and saved files are canonical
         self.hidden, self.channels = list(self.hidden), list(self.channels)
         self.ar_hidden = list(self.ar_hidden)
+        self.ladder = [float(t) for t in self.ladder]
         for name in ("kl_weight", "mag_weight", "binarize_weight", "gp_weight", "t_scale",
-                     "beta_anneal", "temperature"):
+                     "beta_anneal", "temperature", "info_weight", "aux_weight"):
             setattr(self, name, float(getattr(self, name)))
 
     # ------------------------------------------------------------------ construction
@@ -122,14 +171,29 @@ class ModelConfig:
 
     @property
     def conditional(self) -> bool:
-        """True when the networks take the temperature as an input (cvae, GANs, and an
-        autoregressive model with t_conditional)."""
-        return (self.family in ("cvae", "dcgan", "wgan-gp")
+        """True when sampling needs the temperature: the networks take it as an input (cvae,
+        GANs, an autoregressive model with t_conditional) or it picks the model (rbm)."""
+        return (self.family in ("cvae", "rbm") + GAN_FAMILIES
                 or (self.family == "autoregressive" and self.t_conditional))
 
     @property
     def adversarial(self) -> bool:
-        return self.family in ("dcgan", "wgan-gp")
+        return self.family in GAN_FAMILIES
+
+    @property
+    def n_conditions(self) -> int:
+        """Condition features the generator / decoder networks take: 0 (unconditional), 1 (T)
+        or 2 (T and |m|, condition_m)."""
+        if not self.conditional or self.family in ("rbm", "autoregressive"):
+            return 0
+        return 1 + int(self.condition_m)
+
+    @property
+    def needs_ladder(self) -> bool:
+        """True when the model is built for the training temperatures (cfg.ladder): one RBM per
+        temperature, ACGAN's classes, condition_m's |m| tables, and the standardised T input
+        of every network conditional on T (nets.t_feature)."""
+        return self.family in ("rbm", "cvae") + GAN_FAMILIES
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -159,6 +223,57 @@ class ModelConfig:
         if self.adversarial and self.prior == "fitted":
             raise ValueError(f"prior='fitted' with family={self.family!r}: a GAN has no encoder to "
                              f"fit codes to; use prior='normal'")
+        if self.prior == "learned" and self.family != "cvae":
+            raise ValueError(f"prior='learned' with family={self.family!r}: the learned prior "
+                             f"p(z|T) belongs to family 'cvae'; use prior 'normal' or 'fitted'")
+        self._validate_ladder()
+        self._validate_gan_codes()
+        self._validate_rbm()
+
+    def _validate_ladder(self) -> None:
+        if (not isinstance(self.ladder, (list, tuple))
+                or any(isinstance(t, (bool, str)) or not isinstance(t, (int, float))
+                       or not math.isfinite(t) or t <= 0 for t in self.ladder)
+                or any(b <= a for a, b in zip(self.ladder, self.ladder[1:]))):
+            raise ValueError(f"ladder={self.ladder!r}: must be a list of ascending temperatures "
+                             f"> 0 (leave it out: python -m ising_dist.train fills it from the "
+                             f"data)")
+        if not isinstance(self.condition_m, bool):
+            raise ValueError(f"condition_m={self.condition_m!r}: must be true or false")
+        if self.condition_m and self.family not in ("cvae", "dcgan", "wgan-gp", "infogan"):
+            raise ValueError(f"condition_m=true with family={self.family!r}: conditioning on T "
+                             f"and |m| is for families cvae, dcgan, wgan-gp and infogan (an "
+                             f"acgan's discriminator classifies T instead of reading it)")
+        if self.family == "acgan" and len(self.ladder) == 1:
+            raise ValueError(f"family='acgan' classifies the temperature of each lattice among "
+                             f"the training temperatures, but ladder={self.ladder} holds one: "
+                             f"train on two or more temperatures, or use family 'dcgan'")
+
+    def _validate_gan_codes(self) -> None:
+        for name in ("info_categories", "info_continuous"):
+            _int(name, getattr(self, name), 0)
+        for name in ("info_weight", "aux_weight"):
+            _float(name, getattr(self, name), positive=False)
+        if self.family == "infogan" and self.info_categories + self.info_continuous == 0:
+            raise ValueError("family='infogan' with info_categories=0 and info_continuous=0 has "
+                             "no latent codes to keep informative: set one of them ≥ 1 (or use "
+                             "family 'dcgan')")
+        if not isinstance(self.aux_twin, bool):
+            raise ValueError(f"aux_twin={self.aux_twin!r}: must be true or false")
+        if self.info_categories == 1:
+            raise ValueError("info_categories=1: a categorical code needs ≥ 2 categories (0: "
+                             "none)")
+
+    def _validate_rbm(self) -> None:
+        if isinstance(self.cd_k, int) and not isinstance(self.cd_k, bool) and self.cd_k < 1:
+            raise ValueError(f"cd_k={self.cd_k}: CD-k needs k ≥ 1 block Gibbs steps in its "
+                             f"negative phase (CD-1 is the usual choice)")
+        for name in ("cd_k", "pcd_chains", "gibbs_chains", "gibbs_thin", "ais_runs"):
+            _int(name, getattr(self, name), 1)
+        _int("gibbs_burn_in", self.gibbs_burn_in, 0)
+        _int("ais_steps", self.ais_steps, 2)
+        if not isinstance(self.persistent, bool):
+            raise ValueError(f"persistent={self.persistent!r}: must be true or false")
 
 
     def _validate_autoregressive(self) -> None:

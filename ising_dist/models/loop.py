@@ -8,6 +8,11 @@ build_model or that model wrapped in DistributedDataParallel:
   DDP module, each followed by its own backward and optimizer step. Wrap GANs with
   ``DistributedDataParallel(model, find_unused_parameters=True)``: the critic path runs the
   generator without gradient. A GAN wrapped otherwise is refused with that advice.
+- energy models (family "rbm"): as likelihood models; ``total`` is the CD surrogate, and
+  evaluate_epoch first estimates ln Z of every ladder temperature by AIS (log_partition), so
+  its terms add ``nll`` (nats per spin) and ``nll_err``;
+- models that keep statistics of their training data (``observe(x, T)``: the |m| table of a
+  condition_m model) see every training batch before its step;
 - exact models (family "autoregressive") with objective "likelihood": as likelihood models;
   with objective "variational" (VAN) there is no data: ``train_variational_epoch`` draws each
   rank's own batch from the model (the caller seeds each rank differently) and DDP averages
@@ -69,18 +74,22 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch],
                 optimizers: Sequence[torch.optim.Optimizer], device) -> dict[str, float]:
     """One pass over loader with optimizers from configure_optimizers.
 
-    Likelihood models: one step per batch on losses["total"]; keys recon, kl, mag, binarize,
-    total. GANs: a critic step every batch and a generator step after every n_critic-th
-    critic step (WGAN-GP, counted across epochs; DCGAN alternates 1:1); keys critic_<term>
-    and gen_<term>."""
+    Likelihood, exact and energy models: one step per batch on losses["total"]; keys recon,
+    kl, mag, binarize, total (VAEs), nll, total (exact), cd, free_energy, recon, total (RBM).
+    GANs: a critic step every batch and a generator step after every n_critic-th critic step
+    (WGAN-GP, counted across epochs; the BCE GANs alternate 1:1); keys critic_<term> and
+    gen_<term>."""
     net = unwrap(model)
     _check_not_variational(net)
     model.train()
     means = _Means()
-    if net.kind in ("likelihood", "exact"):
+    observe = getattr(net, "observe", None)
+    if net.kind in ("likelihood", "exact", "energy"):
         opt, = optimizers
         for x, T in loader:
             x, T = x.to(device, torch.float32), T.to(device, torch.float32)
+            if observe is not None:
+                observe(x, T)
             terms = model(x, T)
             _step(opt, terms["total"])
             means.add(terms, x.shape[0])
@@ -90,6 +99,8 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch],
     n_critic = net.cfg.n_critic if net.cfg.family == "wgan-gp" else 1
     for x, T in loader:
         x, T = x.to(device, torch.float32), T.to(device, torch.float32)
+        if observe is not None:
+            observe(x, T)
         terms = model(x, T, "critic")
         _step(c_opt, terms["total"])
         means.add(terms, x.shape[0], "critic_")
@@ -104,17 +115,21 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch],
 @torch.no_grad()
 def evaluate_epoch(model: nn.Module, loader: Iterable[Batch], device) -> dict[str, float]:
     """Same keys as train_epoch, no parameter updates (the WGAN gradient penalty still
-    differentiates the critic with respect to its input)."""
+    differentiates the critic with respect to its input); energy models add nll and nll_err
+    from one AIS estimate of ln Z per temperature, made first (RBM.log_partition)."""
     net = unwrap(model)
     _check_not_variational(net)
     was_training = net.training
     net.eval()
     means = _Means()
+    z = {}
     try:
+        if net.kind == "energy":
+            z["log_z"], z["log_z_err"] = net.log_partition()
         for x, T in loader:
             x, T = x.to(device, torch.float32), T.to(device, torch.float32)
-            if net.kind in ("likelihood", "exact"):
-                means.add(net.losses(x, T), x.shape[0])
+            if net.kind in ("likelihood", "exact", "energy"):
+                means.add(net.losses(x, T, **z), x.shape[0])
             else:
                 means.add(net.critic_loss(x, T), x.shape[0], "critic_")
                 means.add(net.generator_loss(x, T), x.shape[0], "gen_")

@@ -1,7 +1,8 @@
-"""Pictures (PNG, matplotlib Agg) and the HTML page of an evaluation (ising_dist.evaluate).
+"""Pictures (PNG, matplotlib Agg) and the HTML page of an evaluation (the judge's report).
 
 Units: T in J/k_B, e in J per spin, m per spin (dimensionless), C per spin in k_B, chi per
 spin in 1/J. Every function writes into the report directory and returns the file name.
+Reads the metrics dict of ising_dist.judge.driver and the model; imports nothing of the judge.
     draw_all(out, metrics, model, arts, latent_arts, loss_rows) -> [file names]
     write_html(out, metrics)            index.html: tables and pictures
     write_fss(out, finite_size)         fss.png + index.html of several sizes
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import html
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from . import exact  # noqa: E402
+from .. import exact  # noqa: E402
+from ..models import has_encoder  # noqa: E402
 
 MCMC_C, GEN_C, EXACT_C = "tab:blue", "tab:red", "0.25"
 DPI = 110
@@ -188,18 +191,6 @@ def samples(out: Path, metrics: dict, arts: dict, k: int = 6) -> str:
 
 
 # ------------------------------------------------------------------------------ model
-@torch.no_grad()
-def _decode_p(model, z, T) -> np.ndarray:
-    zt = torch.as_tensor(np.asarray(z, np.float32), device=model.device)
-    logits = model.decode(zt, T if model.cfg.conditional else None)
-    return torch.sigmoid(logits).cpu().numpy()
-
-
-@torch.no_grad()
-def _encode_mu(model, spins, T) -> np.ndarray:
-    x = torch.from_numpy((np.asarray(spins) > 0).astype(np.float32)).to(model.device)
-    return model.encode(x, T if model.cfg.conditional else None)[0].cpu().numpy()
-
 
 def reconstructions(out: Path, metrics: dict, model, arts: dict, k: int = 8) -> str:
     pts = metrics["per_temperature"]
@@ -208,7 +199,7 @@ def reconstructions(out: Path, metrics: dict, model, arts: dict, k: int = 8) -> 
     for j, i in enumerate(idx):
         T = pts[i]["T"]
         real = arts["mcmc"][i][:k]
-        rec = _decode_p(model, _encode_mu(model, real, T), T)
+        rec = model.decode_probs(model.encode_spins(real, T)[0], T)
         for ax, img, name in ((axes[2 * j], _mosaic(real), "real"),
                               (axes[2 * j + 1], _mosaic(rec), "reconstruction p(up)")):
             ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -235,10 +226,10 @@ def interpolation(out: Path, metrics: dict, model, arts: dict, steps: int = 10) 
     fig, axes = plt.subplots(len(pairs), 1, figsize=(12, 1.8 * len(pairs) + 0.5))
     ts = np.linspace(0, 1, steps)
     for ax, (a, b, ta, tb, name) in zip(axes, pairs):
-        za, zb = _encode_mu(model, a[None], ta)[0], _encode_mu(model, b[None], tb)[0]
+        za, zb = model.encode_spins(a[None], ta)[0][0], model.encode_spins(b[None], tb)[0][0]
         z = (1 - ts)[:, None] * za + ts[:, None] * zb
         tt = torch.as_tensor((1 - ts) * ta + ts * tb, dtype=torch.float32)
-        p = _decode_p(model, z, tt)
+        p = model.decode_probs(z, tt)
         row = np.concatenate([(a[None] + 1) / 2, p, (b[None] + 1) / 2])
         ax.imshow(_mosaic(row, gap=2, fill=1.0), cmap="gray", vmin=0, vmax=1,
                   interpolation="nearest")
@@ -321,9 +312,15 @@ def latent_tc(out: Path, metrics: dict) -> str:
         ax = axes[2]
         ax.plot(T, lt["posterior_var"], "o-", color="tab:purple")
         _tc_line(ax)
+        vp = lt.get("tc_from_posterior_var") or {}
+        if vp.get("exists"):
+            ax.axvline(vp["tc_estimate"], color="tab:purple", ls="--", lw=1)
+        peak = (f"peak at {vp['tc_estimate']:.3f} ± {vp['tc_error']:.3f}" if vp.get("exists")
+                else "no peak inside the ladder")
         ax.set_xlabel(T_LABEL)
         ax.set_ylabel(r"mean posterior variance $\langle\sigma^2\rangle$ (latent units²)")
-        ax.set_title("VAE posterior variance (seed 000 reports a peak near Tc)", fontsize=9)
+        ax.set_title(f"VAE posterior variance: {peak}\n(seed 000 reports a peak near Tc)",
+                     fontsize=9)
     fig.tight_layout()
     return _save(fig, out, "latent_tc.png")
 
@@ -348,7 +345,8 @@ def decoded_grid(out: Path, metrics: dict, model, la: dict, n: int = 12) -> str:
         z = la["centre"] + (a.ravel()[:, None] * sd[0] * ax2[0]
                             + b.ravel()[:, None] * sd[1] * ax2[1])
         what = "plane of the two principal axes of the codes (units of their std)"
-    p = _decode_p(model, z, T).reshape(n, n, *_decode_p(model, z[:1], T).shape[1:])
+    p = model.decode_probs(z, T)
+    p = p.reshape(n, n, *p.shape[1:])
     L = p.shape[-1]
     img = np.ones((n * (L + 1), n * (L + 1)))
     for i in range(n):
@@ -417,13 +415,77 @@ def cost(out: Path, metrics: dict) -> str:
     return _save(fig, out, "cost.png")
 
 
+# ------------------------------------------------------------------------------ PCA, t-SNE
+def pca(out: Path, metrics: dict, ea: dict) -> str:
+    """pca.png: explained-variance ratios, the first component against m (Wang, 1606.00318),
+    the first component's weights on the lattice, and mean |p1|/√N per T beside <|m|>."""
+    pc, a = metrics["embedding"]["pca"], ea["pca"]
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    ev = pc["explained_variance_ratio"]
+    axes[0].bar(np.arange(1, len(ev) + 1), ev, color=MCMC_C)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("principal component")
+    axes[0].set_ylabel("explained variance ratio")
+    axes[0].set_title("PCA of the held-out configurations", fontsize=9)
+    s = axes[1].scatter(a["m"], a["pc1_per_spin"], c=a["T"], cmap="coolwarm", s=4, alpha=0.6)
+    fig.colorbar(s, ax=axes[1], label=T_LABEL)
+    axes[1].set_xlabel("magnetization m per spin")
+    axes[1].set_ylabel(r"first component $p_1/\sqrt{N}$")
+    axes[1].set_title(f"first component vs m: corr = {pc['corr_pc1_m']:.4f}", fontsize=9)
+    w = a["weights1"]
+    lim = float(np.abs(w).max())
+    im = axes[2].imshow(w, cmap="PiYG", vmin=-lim, vmax=lim, interpolation="nearest")
+    fig.colorbar(im, ax=axes[2], label="weight")
+    axes[2].set_xticks([])
+    axes[2].set_yticks([])
+    axes[2].set_title(f"first component's weights on the lattice\n(uniformity "
+                      f"{pc['pc1_weight_uniformity']:.3f}; 1 = all equal)", fontsize=9)
+    pts = metrics["per_temperature"]
+    axes[3].plot(pc["temperatures"], pc["mean_abs_pc1_per_spin"], "o-", color=GEN_C,
+                 label=r"$\langle|p_1|\rangle/\sqrt{N}$ (PCA)")
+    axes[3].plot([p["T"] for p in pts], [p["mcmc"]["abs_m"][0] for p in pts], "s--",
+                 color=MCMC_C, label=r"MCMC $\langle|m|\rangle$")
+    _tc_line(axes[3])
+    axes[3].set_xlabel(T_LABEL)
+    axes[3].set_ylabel("order parameter")
+    axes[3].legend(fontsize=8)
+    axes[3].set_title("the first component as order parameter", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out, "pca.png")
+
+
+def tsne(out: Path, metrics: dict, ea: dict) -> str:
+    """tsne.png: t-SNE of configurations (and of codes) coloured by T, and by m."""
+    ts, a = metrics["embedding"]["tsne"], ea["tsne"]
+    sets = [k for k in ("configurations", "codes") if k in a]
+    fig, axes = plt.subplots(len(sets), 2, figsize=(11, 4.6 * len(sets)), squeeze=False)
+    norm = matplotlib.colors.TwoSlopeNorm(vcenter=exact.TC, vmin=min(a["T"].min(), exact.TC - 1e-3),
+                                          vmax=max(a["T"].max(), exact.TC + 1e-3))
+    for row, name in zip(axes, sets):
+        xy = a[name]
+        for ax, c, cmap, lab, kw in ((row[0], a["T"], "coolwarm", T_LABEL + " (white: Tc)",
+                                      {"norm": norm}),
+                                     (row[1], a["m"], "PiYG", "m", {"vmin": -1, "vmax": 1})):
+            s = ax.scatter(xy[:, 0], xy[:, 1], c=c, cmap=cmap, s=5, alpha=0.8, **kw)
+            fig.colorbar(s, ax=ax, label=lab)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        st = ts[name]
+        row[0].set_title(f"t-SNE of the {name}, coloured by T: corr(T, neighbours' T) = "
+                         f"{st['temperature_knn_corr']:.3f}", fontsize=9)
+        row[1].set_title(f"… coloured by m; neighbours on the same side of Tc: "
+                         f"{100 * st['phase_knn_agreement']:.1f}%", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out, "tsne.png")
+
+
 def draw_all(out: Path, metrics: dict, model, arts: dict, latent_arts: Optional[dict],
-             loss_rows: list[dict]) -> list[str]:
-    """Every picture that applies to this model; returns their file names."""
+             loss_rows: list[dict], embedding_arts: Optional[dict] = None) -> list[str]:
+    """Every picture that applies to this model and to the sections measured; returns their
+    file names."""
     out.mkdir(parents=True, exist_ok=True)
     names = [observables(out, metrics), distances(out, metrics), histograms(out, metrics),
              correlation(out, metrics), samples(out, metrics, arts)]
-    from .evaluate import has_encoder
     if has_encoder(model):
         names += [reconstructions(out, metrics, model, arts),
                   interpolation(out, metrics, model, arts)]
@@ -431,6 +493,10 @@ def draw_all(out: Path, metrics: dict, model, arts: dict, latent_arts: Optional[
             latent_arts = {**latent_arts, "temperatures": metrics["latent"]["temperatures"]}
             names += [latent_scatter(out, metrics, latent_arts), latent_tc(out, metrics),
                       decoded_grid(out, metrics, model, latent_arts)]
+    if embedding_arts is not None:
+        names.append(pca(out, metrics, embedding_arts))
+        if "tsne" in embedding_arts:
+            names.append(tsne(out, metrics, embedding_arts))
     if loss_rows:
         name = loss_curves(out, loss_rows)
         if name:
@@ -438,8 +504,7 @@ def draw_all(out: Path, metrics: dict, model, arts: dict, latent_arts: Optional[
     if "per_temperature" in metrics.get("cost", {}):
         names.append(cost(out, metrics))
     if "per_temperature" in metrics.get("nmcmc", {}):
-        from .neural_cost import plot
-        names.append(plot(out, metrics["nmcmc"]))
+        names.append(nmcmc_plot(out, metrics["nmcmc"]))
     return names
 
 
@@ -504,12 +569,13 @@ def tune_heatmap(results_csv, png, metric: Optional[str] = None) -> str:
 
 # ------------------------------------------------------------------------------ HTML
 def _fmt(v, digits=4):
+    """A number, a [mean, err] pair as "mean ± err", None (or a pair without a mean) as "—"."""
     if v is None:
         return "—"
     if isinstance(v, (list, tuple)) and len(v) == 2:
-        return f"{_fmt(v[0], digits)} ± {_fmt(v[1], 2)}"
+        return "—" if v[0] is None else f"{_fmt(v[0], digits)} ± {_fmt(v[1], 2)}"
     if isinstance(v, float):
-        return f"{v:.{digits}g}"
+        return "∞" if math.isinf(v) else f"{v:.{digits}g}"
     return html.escape(str(v))
 
 
@@ -529,6 +595,26 @@ CSS = ("body{font-family:sans-serif;max-width:1300px;margin:auto;padding:1em}"
 def _taus(r: dict) -> str:
     star = "" if r.get("tau_reliable", True) else "*"
     return f"{r['tau_e']:.3g} / {r['tau_abs_m']:.3g}{star}"
+
+
+def _embedding_html(em: dict) -> str:
+    """The "PCA and t-SNE" section."""
+    pc = em["pca"]
+    ev = ", ".join(f"{v:.3g}" for v in pc["explained_variance_ratio"][:4])
+    p = ["<h2>PCA and t-SNE of the configurations</h2>",
+         f"<p>PCA of {pc['n_configurations']} held-out configurations pooled over the ladder: "
+         f"explained-variance ratios {ev}, …; the first component against m: correlation "
+         f"<b>{pc['corr_pc1_m']:.4f}</b>, weight uniformity {pc['pc1_weight_uniformity']:.3f} "
+         f"(1: the component is the magnetization, Wang, arXiv 1606.00318).</p>"]
+    ts = em.get("tsne", {})
+    rows = [[name, str(ts[name]["n_points"]), f"{ts[name]['kl_divergence']:.3g}",
+             _fmt(ts[name]["temperature_knn_corr"], 3),
+             f"{100 * ts[name]['phase_knn_agreement']:.1f}%"]
+            for name in ("configurations", "codes") if name in ts]
+    if rows:
+        p.append(_table(["t-SNE of", "points", "KL divergence", "corr(T, neighbours' T)",
+                         "neighbours on the same side of Tc"], rows))
+    return "".join(p)
 
 
 def write_html(out: Path, metrics: dict) -> str:
@@ -582,12 +668,19 @@ def write_html(out: Path, metrics: dict) -> str:
         p.append(f"<p>{html.escape(lt['method'])}</p>")
     else:
         mp = lt["mcmc_chi_peak"]
+        vp = lt.get("tc_from_posterior_var")
+        peak = ("— (no posterior variance)" if vp is None else
+                _fmt([vp["tc_estimate"], vp["tc_error"]]) if vp["exists"] else
+                f"none: largest at T = {vp['tc_estimate']:.4f}, the ladder's end")
         p.append(_table(["latent Tc", "MCMC χ peak (same ladder)", "exact Tc (L=∞)",
-                         "corr(z1, m)", "multiple corr(m; codes)", "method"],
+                         "posterior-variance peak", "corr(z1, m)", "multiple corr(m; codes)",
+                         "method"],
                         [[_fmt([lt["tc_estimate"], lt["tc_error"]]),
                           _fmt([mp["tc_estimate"], mp["tc_error"]]), f"{lt['exact_tc']:.6f}",
-                          _fmt(lt["corr_z1_m"]), _fmt(lt["r_linear_m"]),
+                          peak, _fmt(lt["corr_z1_m"]), _fmt(lt["r_linear_m"]),
                           f"<span style='text-align:left'>{html.escape(lt['method'])}</span>"]]))
+    if "embedding" in metrics:
+        p.append(_embedding_html(metrics["embedding"]))
     c = metrics.get("cost", {})
     p.append("<h2>Cost per independent sample</h2>")
     if "per_temperature" in c:
@@ -616,8 +709,7 @@ def write_html(out: Path, metrics: dict) -> str:
     else:
         p.append("<p>not measured (--no-cost)</p>")
     if "nmcmc" in metrics:
-        from .neural_cost import html_section
-        p.append(html_section(metrics["nmcmc"]))
+        p.append(nmcmc_html(metrics["nmcmc"]))
     if metrics.get("warnings"):
         p.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li>{html.escape(w)}</li>" for w in metrics["warnings"][:30]) + "</ul>")
@@ -630,35 +722,142 @@ def write_html(out: Path, metrics: dict) -> str:
     return "index.html"
 
 
-def write_fss(out: Path, fss: dict) -> str:
-    """fss.png (Tc(L) vs 1/L with the extrapolations) and an index.html linking the reports."""
+# ------------------------------------------------------------------------------ neural MCMC
+def nmcmc_html(nm: dict) -> str:
+    """The "Neural MCMC" section (tables of judge.neural_mcmc.evaluate_nmcmc's output)."""
+    p = ["<h2>Neural MCMC: the model as proposal of an exact Metropolis–Hastings chain</h2>"]
+    if "skipped" in nm:
+        return p[0] + f"<p>not run: {html.escape(nm['skipped'])}</p>"
+
+    def z(x):
+        return "—" if x is None else (f"<span class='bad'>{x:.2f}</span>" if abs(x) > 3
+                                      else f"{x:.2f}")
+    rows = []
+    for j in nm["per_temperature"]:
+        mc, zm = j["mcmc"] or {}, j["z_mcmc"] or {}
+        rows.append([f"{j['T']:.4f}", f"{j['acceptance']:.3g}", _fmt(j["tau_int"], 3),
+                     _fmt(j["ess_fraction"], 3),
+                     _fmt(j["chain"]["e"]), _fmt(mc.get("e")), z(zm.get("e")),
+                     f"{j['exact']['e']:.5f}", z(j["z_exact"]["e"]),
+                     _fmt(j["chain"]["abs_m"]), _fmt(mc.get("abs_m")), z(zm.get("abs_m")),
+                     _fmt(j["chain"]["C"]), _fmt(mc.get("C")), f"{j['exact']['C']:.4f}",
+                     z(j["z_exact"]["C"]), _fmt(j["chain"]["chi"]), _fmt(mc.get("chi")),
+                     z(zm.get("chi")), _fmt(j["free_energy"], 6),
+                     f"{j['exact']['free_energy']:.6f}", z(j["z_exact"]["free_energy"]),
+                     "yes" if j["reliable"] else "<span class='bad'>no</span>"])
+    p.append(f"<p>{html.escape(nm['proposal'])} proposals (k={nm['k']}), {nm['steps']} per T, "
+             f"from {html.escape(nm['source'])}. The chain is exact however poor the model; "
+             f"the model's quality shows in acceptance, τ_int (proposals) and ESS/n. z: "
+             f"difference in combined standard errors (red: |z| > 3); reliable: the chain is "
+             f"at least {nm['min_taus']} τ_int long and the weights' ESS at least "
+             f"{nm['min_ess']}; otherwise τ_int and the errors are underestimated.</p>")
+    p.append(_table(["T", "accept", "τ_int", "ESS/n", "e chain", "e MCMC", "z", "e exact",
+                     "z", "|m| chain", "|m| MCMC", "z", "C chain", "C MCMC", "C exact", "z",
+                     "χ chain", "χ MCMC", "z", "F = −T lnZ/N", "F exact", "z", "reliable"],
+                    rows))
+    if "cost" in nm:
+        rows = []
+        for c in nm["cost"]:
+            rows.append([f"{c['T']:.4f}", _fmt(c["s_per_proposal"], 3),
+                         _fmt(c["proposals_per_effective"], 3), _fmt(c["s_per_effective"], 3),
+                         _fmt(c["s_per_effective_importance"], 3),
+                         _fmt(c["s_per_effective_amortised"], 3),
+                         _fmt(c["metropolis_s_per_effective"], 3),
+                         _fmt(c["wolff_s_per_effective"], 3), c["best_mcmc"],
+                         _fmt(c["speedup_vs_best_mcmc_amortised"], 3),
+                         "never" if c["break_even_samples"] is None
+                         else f"{c['break_even_samples']:.3g}"])
+        a = nm["cost"][0]["amortise_samples"]
+        p.append(f"<h3>Cost per effective sample (one core, seconds)</h3>")
+        p.append(_table(["T", "s/proposal", "proposals/eff.", "nmcmc s/eff. (chain)",
+                         "s/eff. (importance)", f"chain + training/{a:.0e}",
+                         "Metropolis s/eff.", "Wolff s/eff.", "best MCMC",
+                         "best MCMC / nmcmc (amortised)", "break-even eff. samples"], rows))
+    return "".join(p)
+
+
+def nmcmc_plot(out: Path, nm: dict) -> Optional[str]:
+    """nmcmc.png: ⟨e⟩ and C of the chain against MCMC and Kaufman, and acceptance / ESS."""
+    if "skipped" in nm:
+        return None
+    pts = nm["per_temperature"]
+    T = np.array([j["T"] for j in pts])
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+    for a, key, name in ((ax[0], "e", r"$\langle e\rangle$"), (ax[1], "C", "C")):
+        a.errorbar(T, [j["chain"][key][0] for j in pts], [j["chain"][key][1] or 0 for j in pts],
+                   fmt="o", color="tab:green", capsize=3, label="neural MCMC chain")
+        mc = [j["mcmc"] for j in pts]
+        if any(m is not None for m in mc):
+            a.errorbar([t for t, m in zip(T, mc) if m], [m[key][0] for m in mc if m],
+                       [m[key][1] for m in mc if m], fmt="s", mfc="none", color="tab:blue",
+                       capsize=3, label="MCMC (held out)")
+        a.plot(T, [j["exact"][key] for j in pts], "k_", ms=14, label="Kaufman (exact, this L)")
+        a.set_xlabel(r"$T$ ($J/k_B$)")
+        a.set_title(name)
+        a.legend(fontsize=7)
+    ax[2].semilogy(T, [max(j["acceptance"], 1e-6) for j in pts], "o-", label="acceptance")
+    ax[2].semilogy(T, [max(j["ess_fraction"], 1e-6) for j in pts], "s-", label="ESS / n")
+    ax[2].set_xlabel(r"$T$ ($J/k_B$)")
+    ax[2].legend(fontsize=7)
+    ax[2].set_title("proposal quality")
+    fig.tight_layout()
+    return _save(fig, Path(out), "nmcmc.png")
+
+
+def write_fss(out: Path, fss: dict, title: str = "Finite-size trend") -> str:
+    """fss.png (Tc(L) against L^(-1/nu) with the extrapolations) and an index.html: the
+    estimates per L, the extrapolations against the exact Tc, links to each size's report."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    x = 1.0 / np.array(fss["L"], float)
+    nu = (fss.get("extrapolation") or {}).get("nu", 1.0)
+    L = np.array(fss["L"], float)
+    x = L ** (-1.0 / nu)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     ax.errorbar(x, fss["tc_estimate"], yerr=fss["tc_error"], fmt="o", color=GEN_C,
-                capsize=3, label="latent Tc(L)")
+                capsize=3, label="latent χ_z peak Tc(L)")
     ax.errorbar(x * 1.01, fss["mcmc_chi_peak"], yerr=fss["mcmc_chi_peak_error"], fmt="s",
                 color=MCMC_C, capsize=3, label="MCMC χ peak Tc(L)")
+    vp = [v for v in fss.get("posterior_var_peak", []) if v.get("exists")]
+    if vp:
+        ax.errorbar(np.array([v["L"] for v in vp], float) ** (-1.0 / nu) * 0.99,
+                    [v["tc_estimate"] for v in vp], yerr=[v["tc_error"] for v in vp],
+                    fmt="^", color="tab:purple", capsize=3, label="posterior-variance peak")
     xs = np.linspace(0, x.max() * 1.1, 50)
     for key, c, name in (("extrapolation", GEN_C, "latent"), ("mcmc_extrapolation", MCMC_C,
-                                                              "MCMC")):
+                                                              "MCMC"),
+                         ("posterior_var_extrapolation", "tab:purple", "posterior var")):
         e = fss.get(key)
         if e:
             ax.plot(xs, e["tc_inf"] + e["slope"] * xs, "--", color=c,
                     label=f"{name}: Tc(∞) = {e['tc_inf']:.4f} ± {e['tc_inf_error']:.4f}")
     ax.axhline(exact.TC, color="k", lw=0.8, label=f"exact Tc = {exact.TC:.6f}")
-    ax.set_xlabel("1 / L")
+    ax.set_xlabel(r"$L^{-1/\nu}$" + f" (ν = {nu:g})")
     ax.set_ylabel(r"$T_c(L)$ ($J/k_B$)")
-    ax.set_title("Finite-size trend of the Tc estimates: Tc(L) = Tc(∞) + a/L")
-    ax.legend(fontsize=8)
+    ax.set_title(r"Finite-size trend: $T_c(L) = T_c(\infty) + a L^{-1/\nu}$", fontsize=10)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, out, "fss.png")
-    links = "".join(f"<li><a href='{html.escape(Path(r).name)}/index.html'>L={L}: "
-                    f"{html.escape(r)}</a></li>" for r, L in zip(fss["reports"], fss["L"]))
-    ext = fss.get("extrapolation")
-    txt = (f"<p>Extrapolated latent Tc = {ext['tc_inf']:.4f} ± {ext['tc_inf_error']:.4f}, exact "
-           f"{exact.TC:.6f}</p>" if ext else "")
+    vp_by_L = {v["L"]: v for v in fss.get("posterior_var_peak", [])}
+
+    def peak(v):
+        if "exists" not in v:
+            return "— (no posterior variance)"
+        return (f"{v['tc_estimate']:.4f} ± {v['tc_error']:.4f}" if v["exists"]
+                else "none (maximum at the ladder's end)")
+    rows = [[str(Lk), _fmt([t, e]), _fmt([m, me]), peak(vp_by_L.get(Lk, {})),
+             (f"<a href='{html.escape(os.path.relpath(r, out))}/index.html'>L={Lk}: "
+              f"report</a>"
+              if r else "—")]
+            for Lk, t, e, m, me, r in zip(fss["L"], fss["tc_estimate"], fss["tc_error"],
+                                          fss["mcmc_chi_peak"], fss["mcmc_chi_peak_error"],
+                                          fss["reports"])]
+    said = "".join(f"<p>{html.escape(fss[k]['against_exact']['sentence'])}</p>"
+                   for k in ("extrapolation", "mcmc_extrapolation",
+                             "posterior_var_extrapolation")
+                   if k in fss and "against_exact" in fss[k])
     (out / "index.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><style>{CSS}</style></head><body>"
-        f"<h1>Finite-size trend</h1>{txt}<ul>{links}</ul><img src='fss.png'></body></html>")
+        f"<h1>{html.escape(title)}</h1>{said}"
+        + _table(["L", "latent Tc(L)", "MCMC χ peak", "posterior-variance peak", ""], rows)
+        + f"<p>{html.escape(fss.get('method', ''))}</p><img src='fss.png'></body></html>")
     return "fss.png"
