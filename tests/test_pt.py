@@ -441,3 +441,14 @@ def test_exchanges_decide_on_the_energies_of_the_lattices(tmp_path, backend):
     run.run()
     writer.close()
     assert checked == {50: True, 100: True, 150: True, 200: True}, checked
+
+
+def test_the_sampling_path_imports_no_learning_stack():
+    """Issue 14: every MPI rank imports ising_dist.pt; torch, ray, matplotlib and scikit-learn
+    (seconds each) stay out of it, so that 64 ranks on a node start in seconds."""
+    heavy = ("torch", "ray", "matplotlib", "sklearn", "numba.cuda")
+    res = subprocess.run([sys.executable, "-c", "import sys, ising_dist.pt, ising_dist.tempering; "
+                          f"print([m for m in {heavy!r} if m in sys.modules])"],
+                         env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
