@@ -1,4 +1,5 @@
-"""Generation benchmark: `python -m benchmarks.generation [--quick] [--model RUN_OR_CKPT]`.
+"""Generation benchmark: `python -m benchmarks.generation [--quick] [--model RUN_OR_CKPT]`,
+or `python -m benchmarks.generation --fidelity-data F.h5 --epochs E` (every family, one table).
 
 The seed's question (000: "a more efficient way to generate configurations"), counted honestly.
 Prints, measured in one run on this machine, everything on one core (torch 1 thread, numba 1
@@ -13,9 +14,22 @@ thread) unless said otherwise:
      second of training. "never" when the generator is not cheaper per sample than MCMC.
 The generated samples are only as good as the model's physics fidelity (ising_dist.judge);
 MCMC's are exact.
+
+With --fidelity-data (issue 15): every family (FIDELITY_FAMILIES: the unconditional VAE, the cVAE
+with its learned p(z|T), the four conditional GANs, the RBM per temperature, the T-conditional
+MADE) is trained in this process for the same budget (--epochs over the file's training split,
+batch --batch-size, one thread), then one table: training seconds, generator seconds per sample
+at batch 1024 at the ladder temperature nearest Tc, physics fidelity (judge.compare.
+physics_fidelity on --n-samples generated lattices per temperature against the held-out MCMC
+ones; lower is better, ≈ 1 is MCMC's own noise), generated <|m|> at the ends of the ladder
+against MCMC's, and the judge's verdicts (biased / ignores T / collapse). The budget is
+the same (epochs, batch, data); each family keeps its own learning rate and widths
+(FIDELITY_FAMILIES). Not in the table: the AE (no sampling prior of its own) and PixelCNN
+(MADE stands for the autoregressive family).
 """
 
 import argparse
+import math
 import time
 
 import torch
@@ -39,12 +53,87 @@ def per_sample(model, n, batch, T, reps=3):
     return best / n
 
 
+# family label → (model settings, learning rate); widths sized for L = 8-16 on a CPU
+FIDELITY_FAMILIES = {
+    "vae (unconditional)": ({"family": "vae", "hidden": [128, 64], "latent_dim": 2}, 3e-3),
+    "cvae (learned p(z|T))": ({"family": "cvae", "hidden": [128, 64], "latent_dim": 2}, 3e-3),
+    "dcgan": ({"family": "dcgan", "hidden": [128, 64]}, 1e-3),
+    "wgan-gp": ({"family": "wgan-gp", "hidden": [128, 64], "n_critic": 1}, 2e-3),
+    "infogan": ({"family": "infogan", "hidden": [128, 64]}, 1e-3),
+    "acgan (twin)": ({"family": "acgan", "hidden": [128, 64]}, 1e-3),
+    "rbm (CD-1, per T)": ({"family": "rbm", "latent_dim": 64, "gibbs_burn_in": 200,
+                           "gibbs_thin": 1}, 1e-2),
+    "made (T-conditional)": ({"family": "autoregressive", "body": "made", "ar_hidden": [256],
+                              "t_conditional": True}, 1e-3),
+}
+
+
+def fidelity_table(path, epochs: int, batch_size: int, n_samples: int, seed: int = 0) -> list:
+    """Train every FIDELITY_FAMILIES model on the PT file ``path`` for the same budget and
+    judge it there; prints the table and returns its rows (dicts)."""
+    from ising_dist.data import batches, make_datasets
+    from ising_dist.models import ModelConfig, train_epoch
+
+    sets, fp = make_datasets(path, val_fraction=0.1, test_fraction=0.1)
+    ladder, L = fp["temperatures"], fp["L"]
+    T_mid = min(ladder, key=lambda t: abs(t - TC))
+    print(f"== fidelity after the same budget: {path} (L = {L}, T = "
+          f"{', '.join(f'{t:.3f}' for t in ladder)}, {len(sets['train'])} training lattices); "
+          f"{epochs} epochs of batch {batch_size}, {n_samples} generated lattices per T; "
+          f"s/sample at batch 1024, T = {T_mid:.3f}")
+    print(f"{'family':>22} {'train s':>8} {'s/sample':>9} {'fidelity':>9} "
+          f"{'<|m|> T_lo gen/mcmc':>20} {'<|m|> T_hi gen/mcmc':>20}  verdicts")
+    rows = []
+    for name, (settings, lr) in FIDELITY_FAMILIES.items():
+        torch.manual_seed(seed)
+        model = build_model(ModelConfig(**{"arch": "mlp", "L": L, "ladder": ladder,
+                                           **settings}))
+        opts = model.configure_optimizers(lr)
+        data = batches(sets["train"], batch_size, seed=seed)
+        t0 = time.perf_counter()
+        for epoch in range(epochs):
+            data.set_epoch(epoch)
+            train_epoch(model, data, opts, "cpu")
+        train_s = time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad():
+            s_gen = per_sample(model, 1024, 1024, T_mid)
+        m = driver.evaluate_model(model, path, n_samples, extra={"data": fp}, latent=False,
+                                  seed=seed)
+        pts = m["per_temperature"]
+        ends = [(p["generated"]["abs_m"][0], p["mcmc"]["abs_m"][0]) for p in (pts[0], pts[-1])]
+        said = [v.split(":")[0] for v in m["verdicts"]]
+        fid = m["fidelity"] if m["fidelity"] is not None else math.inf
+        rows.append({"family": name, "train_seconds": train_s, "s_per_sample": s_gen,
+                     "fidelity": fid, "abs_m_ends": ends, "verdicts": said})
+        print(f"{name:>22} {train_s:8.1f} {s_gen:9.2e} {fid:9.3g} "
+              f"{ends[0][0]:11.3f}/{ends[0][1]:.3f} {ends[1][0]:14.3f}/{ends[1][1]:.3f}  "
+              f"{', '.join(said) or '-'}", flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="L=16 only, short MCMC runs")
     ap.add_argument("--model", help="a trained run directory or model.pt (its L is used)")
+    ap.add_argument("--fidelity-data", metavar="F.h5",
+                    help="train every family on this PT file for the same budget and print "
+                         "one table (s/sample, physics fidelity); nothing else is measured")
+    ap.add_argument("--epochs", type=int, default=10,
+                    help="with --fidelity-data: training epochs of every family (default 10)")
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="with --fidelity-data: training batch (default 64)")
+    ap.add_argument("--n-samples", type=int, default=1000,
+                    help="with --fidelity-data: generated lattices per temperature (default "
+                         "1000)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.fidelity_data:
+        if args.epochs < 1 or args.batch_size < 1 or args.n_samples < 2:
+            ap.error("--epochs and --batch-size must be ≥ 1, --n-samples ≥ 2")
+        print(f"torch {torch.__version__}, 1 thread")
+        fidelity_table(args.fidelity_data, args.epochs, args.batch_size, args.n_samples)
+        return
     sweeps = 2000 if args.quick else 8000
     temps = [1.8, TC * 1.02, 3.0]
     train_s = None

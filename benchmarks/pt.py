@@ -8,7 +8,11 @@ Prints, measured in one run:
      checkpoint (so the overhead of any checkpoint cadence can be worked out);
   2. HDF5 write throughput of the streaming writer;
   3. speedup of `mpiexec -n 2` over `-n 1` at fixed R (bar on 2 cores: >= 1.7x), for several
-     cadences and L; "none" (no exchanges, no samples) is the ceiling the two cores allow.
+     cadences and L; "none" (no exchanges, no samples) is the ceiling the two cores allow;
+  4. domain decomposition (`--only domain` runs this section alone): strong scaling of one
+     replica at L=2048 from one rank (whole lattice, the kernels of a one-rank run) to two
+     ranks holding a strip of rows each (bar on 2 cores: >= 1.7x), and the share of the
+     time the halo exchanges take.
 """
 
 import os
@@ -119,11 +123,90 @@ def mpi_time(ranks, sweeps, tmp, backend, exchange_every, sample_every, L=L):
     return float(re.search(r"in ([0-9.]+) s", out.stdout).group(1))
 
 
+DOMAIN_L = 2048
+
+
+def domain_worker(sweeps, strips):
+    """Under mpiexec -n k: advance one replica of DOMAIN_L×DOMAIN_L by ``sweeps``
+    Metropolis sweeps after a warm-up, as strips over the k ranks (strips=True) or, on one
+    rank, as a whole lattice (engine.Chains); rank 0 prints "seconds halo_seconds
+    cpu_seconds exchange_seconds": the largest halo and CPU time of any rank (on a loaded
+    machine the CPU time still shows how the work was split), and the time of one halo
+    exchange alone, after a barrier (no waiting for a slower neighbour; 0 without strips)."""
+    from ising_dist.domain import StripChains
+    from ising_dist.mpi import world
+    comm = world()
+    beta = np.array([1 / 2.269])
+    chains = (StripChains.create(DOMAIN_L, 1, [0], comm) if strips else
+              Chains.create(DOMAIN_L, 1, [0], backend="numba"))
+    chains.advance(beta, 2, 0)  # compile, touch the memory
+    comm.barrier()
+    halo0 = getattr(chains, "halo_seconds", 0.0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    chains.advance(beta, sweeps, 2)
+    cpu = comm.allreduce_max(time.process_time() - c0)
+    comm.barrier()
+    dt = time.perf_counter() - t0
+    halo = comm.allreduce_max(getattr(chains, "halo_seconds", 0.0) - halo0)
+    alone, n = 0.0, 200
+    if strips:
+        comm.barrier()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            chains.exchange_halos()
+        alone = comm.allreduce_max(time.perf_counter() - t0) / n
+    if comm.rank == 0:
+        print(dt, halo, cpu, alone, flush=True)
+
+
+def domain_time(ranks, sweeps, strips):
+    """(seconds, halo seconds, CPU seconds, seconds of one exchange) of
+    :func:`domain_worker` on ``ranks`` ranks."""
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MPIR_CVAR_CH4_PROGRESS_THROTTLE="1", PATH=f"{bindir}:{os.environ['PATH']}")
+    cmd = [str(bindir / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "benchmarks.pt",
+           "--domain-worker", str(sweeps)] + (["--strips"] if strips else [])
+    out = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True)
+    return tuple(map(float, out.stdout.split()))
+
+
+def domain_section(quick):
+    sweeps = 10 if quick else 100
+    print(f"4. domain decomposition: one replica, L={DOMAIN_L}, {sweeps} Metropolis sweeps, "
+          f"best of 3")
+    best = {}
+    for name, ranks, strips in (("1 rank, whole lattice", 1, False),
+                                ("1 rank, one strip", 1, True), ("2 ranks, 2 strips", 2, True)):
+        best[name] = min((domain_time(ranks, sweeps, strips) for _ in range(3)),
+                         key=lambda t: t[0])
+        dt, halo, cpu, alone = best[name]
+        print(f"   {name:22s}: {dt:6.2f} s ({sweeps * DOMAIN_L**2 / dt / 1e9:.3f} spin "
+              f"flips/ns), halo exchanges {halo:.3f} s ({100 * halo / dt:.1f}% of the time), "
+              f"CPU {cpu:.2f} s on the busiest rank")
+        if ranks > 1:
+            print(f"   {'':22s}  one halo exchange alone {1e6 * alone:.0f} us: 2 a sweep are "
+                  f"{100 * 2 * alone * sweeps / dt:.2f}% of the time")
+    (t1, _, c1, _), (t2, _, c2, _) = best["1 rank, whole lattice"], best["2 ranks, 2 strips"]
+    print(f"   strong scaling, 1 -> 2 ranks: speedup {t1 / t2:.2f}x (bar on 2 cores: >= 1.7x); "
+          f"CPU of the busiest rank {c1 / c2:.2f}x less; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    ap.add_argument("--only", choices=("domain",),
+                    help="run one section only (domain: section 4)")
+    ap.add_argument("--domain-worker", type=int, metavar="SWEEPS", help=argparse.SUPPRESS)
+    ap.add_argument("--strips", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     numba.set_num_threads(1)
+    if args.domain_worker is not None:
+        return domain_worker(args.domain_worker, args.strips)
+    if args.only == "domain":
+        return domain_section(args.quick)
     backends = ["numba"] + (["native"] if native.available() else [])
     ckpt_every = 20000
     with tempfile.TemporaryDirectory() as d:
@@ -166,6 +249,7 @@ def main():
                             f"exchange every {ex:2d}, sample every {every:3d}")
                     print(f"   {backend:6s} L={size:3d}, {what:36s}: -n 1 {t1:5.2f} s, "
                           f"-n 2 {t2:5.2f} s: speedup {t1 / t2:.2f}x")
+    domain_section(args.quick)
 
 
 if __name__ == "__main__":

@@ -287,6 +287,10 @@ class PTConfig:
                           choices=BACKENDS, resume=True)
     adapt_every: int = option(20, "adaptive ladder: exchange rounds between adjustments")
     progress: bool = option(True, "progress lines (rank 0, rate-limited)", resume=True)
+    ranks_per_replica: int = option(
+        1, "k: MPI ranks that share each replica's lattice, one horizontal strip of L/k rows "
+           "each (Metropolis, numba kernels; P ranks form P/k groups, each holding replicas); "
+           "a resumed run uses 1 unless given again")
 
     def validate(self):
         def need(cond, msg):
@@ -328,6 +332,36 @@ class PTConfig:
              "only; use --algorithm metropolis, or --backend native or numba for "
              f"{self.algorithm}")
         need(bool(self.out), "out is empty: give the HDF5 output path, e.g. --out runs/pt.h5")
+        self._validate_strips()
+
+    def _validate_strips(self):
+        """Refuse ranks_per_replica values the domain decomposition cannot run
+        (ising_dist.domain), naming the fix."""
+        k = self.ranks_per_replica
+        if k == 1:
+            return
+        if k < 1:
+            raise ConfigError(f"ranks_per_replica={k}: must be >= 1 (1: whole lattices)")
+        if self.L % k or self.L // k < 2:
+            fits = [d for d in range(1, self.L // 2 + 1) if self.L % d == 0]
+            above = [d for d in fits if d >= k] or fits[-1:]
+            near = sorted({max(d for d in fits if d <= k), above[0]})
+            raise ConfigError(
+                f"ranks_per_replica={k} with L={self.L}: each rank takes L/k rows, which "
+                f"must be a whole number >= 2; use --ranks-per-replica "
+                f"{' or '.join(map(str, near))}, or an L that is a multiple of "
+                f"{k * 2 // math.gcd(k, 2)} and >= {2 * k}")
+        if self.algorithm != "metropolis":
+            raise ConfigError(
+                f"algorithm={self.algorithm} with ranks_per_replica={k}: cluster moves across "
+                "domains are a later step; use --algorithm metropolis, or "
+                "--ranks-per-replica 1 (whole lattices per rank)")
+        if self.backend not in ("auto", "numba"):
+            raise ConfigError(f"backend={self.backend} with ranks_per_replica={k}: lattice "
+                              "strips run on the numba kernels; use --backend numba or auto")
+        if self.writer == "collective":
+            raise ConfigError(f"writer=collective with ranks_per_replica={k}: strips are "
+                              "gathered to one writer; use --writer gather or auto")
 
     def ladder_temperatures(self):
         """The initial temperature ladder, ascending, float64 [R]."""

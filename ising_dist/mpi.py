@@ -59,6 +59,26 @@ class SerialComm:
         """Every rank's array [k, n_rank, ...], a list by rank on root, else None."""
         return [a]
 
+    def gather_array(self, a, root=0):
+        """Every rank's array (same shape and dtype) stacked, [size, *a.shape], on root;
+        None elsewhere."""
+        return np.asarray(a)[None].copy()
+
+    def allreduce_sum(self, a):
+        """Elementwise sum over ranks of a numeric array (same shape and dtype everywhere),
+        a new array on every rank."""
+        return np.array(a)
+
+    def sendrecv_array(self, send, dest, recv, source):
+        """Send the array ``send`` to rank ``dest`` while receiving ``recv`` (an array of
+        the same shape and dtype, filled in place) from rank ``source``."""
+        recv[...] = send
+
+    def split(self, color, key=0):
+        """The communicator of the ranks that pass the same ``color`` (int >= 0), ranked by
+        ``key`` then by rank: here this one."""
+        return self
+
     def barrier(self):
         pass
 
@@ -82,11 +102,12 @@ class SerialComm:
 
 
 class MPIComm:
-    """COMM_WORLD of mpi4py with the methods of :class:`SerialComm`."""
+    """COMM_WORLD of mpi4py (or a communicator split from it, :meth:`split`) with the
+    methods of :class:`SerialComm`."""
 
-    def __init__(self, MPI):
+    def __init__(self, MPI, comm=None):
         self._MPI = MPI
-        self._comm = MPI.COMM_WORLD
+        self._comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self._comm.Get_rank()
         self.size = self._comm.Get_size()
 
@@ -129,6 +150,34 @@ class MPIComm:
         self._comm.Gatherv(a, (buf, counts), root=root)
         parts = np.split(buf, np.cumsum(counts)[:-1])
         return [p.reshape((a.shape[0], int(m)) + a.shape[2:]) for p, m in zip(parts, n)]
+
+    def gather_array(self, a, root=0):
+        """Every rank's array (same shape and dtype) stacked, [size, *a.shape], on root;
+        None elsewhere. A buffer collective."""
+        a = np.ascontiguousarray(a)
+        out = np.empty((self.size,) + a.shape, a.dtype) if self.rank == root else None
+        self._comm.Gather(a, out, root=root)
+        return out
+
+    def allreduce_sum(self, a):
+        """Elementwise sum over ranks of a numeric array (same shape and dtype everywhere),
+        a new array on every rank. A buffer collective."""
+        a = np.ascontiguousarray(a)
+        out = np.empty_like(a)
+        self._comm.Allreduce(a, out, op=self._MPI.SUM)
+        return out
+
+    def sendrecv_array(self, send, dest, recv, source):
+        """Send the contiguous array ``send`` to rank ``dest`` while receiving ``recv``
+        (same shape and dtype, contiguous, filled in place) from rank ``source``
+        (MPI_Sendrecv: no deadlock when every rank of a ring calls it at once)."""
+        self._comm.Sendrecv(send, dest, 0, recv, source, 0)
+
+    def split(self, color, key=0):
+        """The communicator (an :class:`MPIComm`) of the ranks that pass the same ``color``
+        (int >= 0), ranked by ``key`` then by rank (MPI_Comm_split). Collective: every rank
+        calls it."""
+        return MPIComm(self._MPI, self._comm.Split(color, key))
 
     def barrier(self):
         self._comm.Barrier()

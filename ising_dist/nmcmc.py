@@ -1,7 +1,8 @@
 """Neural MCMC: a generative model as the proposal of an exact Metropolis–Hastings chain.
 
     python -m ising_dist.nmcmc --model RUN_DIR --temperatures T1,T2,… --steps N --out F.h5
-        [--seed S] [--k K] [--batch B] [--burn-in B] [--L L] [--overwrite]
+        [--seed S] [--k K] [--batch B] [--burn-in B] [--L L] [--device cpu|cuda|cuda:N]
+        [--overwrite]
 
 Independence Metropolis–Hastings (Nicoli et al., PRE 101, 023304 (2020), arXiv 1910.13496):
 proposals x' are drawn from the model q, independently of the chain's state, and accepted with
@@ -49,15 +50,22 @@ writes it), so ``evaluate``, ``train`` and h5ls read it. Row r of /spins, /energ
     /nmcmc/log_weight, proposal_energy, proposal_magnetization          float64 [R, S]
         ln w of each recorded proposal and its energy / signed magnetization per spin
     /nmcmc attrs: proposal ("exact" | "pseudo-marginal"), k, family, model, batch, burn_in,
-        torch_threads, method
+        torch_threads, device, method
 The file is written as F.h5.partial and renamed when complete; a lock (ising_dist.runlock)
 keeps two runs from writing the same --out.
+
+Device (``--device``, :func:`torch_device`): the model draws its proposals and their ln q on
+that torch device (the torch generators live there too); spins and ln q come back to the CPU as
+numpy, where energies, weights and the MH steps are computed. A cuda run draws from CUDA's
+random streams, so its chains differ from a cpu run's of the same seed (and may differ in the
+last bits of ln q); its physics (observables, F, acceptance within their errors) must agree.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -90,6 +98,49 @@ class NMCMCError(ValueError):
     """Input that neural MCMC cannot use; the message says why and what to do instead."""
 
 
+# ============================================================================ device
+DEVICE_HELP = ("torch device of the model: cpu, cuda or cuda:N (a GPU: samples differ from a "
+               "cpu run's of the same seed, CUDA's random streams; the physics must agree)")
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch.device named by ``name``: "cpu", "cuda" or "cuda:N" (N ≥ 0).
+
+    Checked before any work, so a run that cannot use its device stops at once. Raises
+    NMCMCError (a ValueError) naming the value and the fix: for any other name; for cuda when
+    torch sees no CUDA device (a CPU build of torch, or no GPU: torch.cuda.is_available() is
+    False); for cuda:N with N ≥ torch.cuda.device_count()."""
+    text = str(name)
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", text)
+    if match is None:
+        raise NMCMCError(f"--device {text!r}: choose cpu, cuda or cuda:N (N: the GPU's index, "
+                         f"e.g. cuda:0)")
+    if text == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise NMCMCError(f"device={text}: torch sees no CUDA device here "
+                         f"(torch.cuda.is_available() is False); use --device cpu, or install a "
+                         f"CUDA build of torch on a GPU machine")
+    count = torch.cuda.device_count()
+    if int(match.group(1) or 0) >= count:
+        raise NMCMCError(f"device={text}: torch sees {count} CUDA device(s), cuda:0 … "
+                         f"cuda:{count - 1}; choose one of them")
+    return torch.device(text)
+
+
+def model_device(model) -> torch.device:
+    """The device of ``model``'s parameters or buffers (models.base.GenerativeModel.device);
+    CPU for an object that has neither."""
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    if isinstance(model, torch.nn.Module):
+        tensors = [*model.parameters(), *model.buffers()]
+        if tensors:
+            return tensors[0].device
+    return torch.device("cpu")
+
+
 # ============================================================================ proposals
 def _conditional(model) -> bool:
     return bool(getattr(model.cfg, "conditional", False))
@@ -99,33 +150,43 @@ def _family(model) -> str:
     return str(getattr(model.cfg, "family", type(model).__name__))
 
 
-class ExactProposal:
-    """A model with an exact, normalised ln q(x|T) (model.kind == "exact")."""
-
-    name = "exact"
-    k = 1
+class _Proposal:
+    """What both proposals share: the model, L, and the device the model draws on."""
 
     def __init__(self, model):
         self.model = model
         self.L = int(model.cfg.L)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live; draw's torch generator must live there too."""
+        return model_device(self.model)
+
+
+class ExactProposal(_Proposal):
+    """A model with an exact, normalised ln q(x|T) (model.kind == "exact")."""
+
+    name = "exact"
+    k = 1
+
     @torch.no_grad()
     def draw(self, n: int, T: float, generator: torch.Generator):
-        """n proposals at T: (spins int8 ±1 numpy [n, L, L], ln q float64 numpy [n], nats)."""
+        """n proposals at T: (spins int8 ±1 numpy [n, L, L], ln q float64 numpy [n], nats),
+        drawn on the model's device with ``generator`` (a torch.Generator on that device)."""
         spins, log_q = self.model.sample(n, T if _conditional(self.model) else None,
                                          generator=generator)
         return (spins.cpu().numpy().astype(np.int8, copy=False),
                 log_q.detach().cpu().double().numpy())
 
 
-class PseudoMarginalProposal:
+class PseudoMarginalProposal(_Proposal):
     """VAE / cVAE with the K-sample importance estimate q̂ (see the module doc)."""
 
     name = "pseudo-marginal"
 
     def __init__(self, model, k: int):
-        self.model, self.k = model, int(k)
-        self.L = int(model.cfg.L)
+        super().__init__(model)
+        self.k = int(k)
         self.d = int(model.cfg.latent_dim)
 
     @torch.no_grad()
@@ -134,10 +195,11 @@ class PseudoMarginalProposal:
 
         Codes: z_1 ~ N(0, I) generates x ~ Bernoulli(sigmoid(decode(z_1))); z_2…z_K ~
         N(mu(x), exp(logvar(x))) from the encoder. ln q̂ = logsumexp_k [ln p(x|z_k) + ln p(z_k)
-        − ln r(z_k|x)] − ln K, summed in float64 from the float32 network outputs."""
+        − ln r(z_k|x)] − ln K, summed in float64 from the float32 network outputs. Drawn
+        on the model's device with ``generator`` (a torch.Generator on that device)."""
         m, K, d = self.model, self.k, self.d
         t = T if _conditional(m) else None
-        dev = m.device
+        dev = self.device
         z1 = torch.randn(n, d, generator=generator, device=dev)
         logits1 = m.decode(z1, t)
         x = torch.bernoulli(torch.sigmoid(logits1), generator=generator)        # {0,1} [n,L,L]
@@ -219,10 +281,11 @@ class _Chain:
         "e", "m", "log_w", "prop_e", "prop_m")})
 
 
-def _streams(seed: int, row: int):
-    """(torch generator, numpy generator) of chain ``row`` from (seed, row) via SeedSequence."""
+def _streams(seed: int, row: int, device=None):
+    """(torch generator on ``device`` (None: CPU), numpy generator) of chain ``row`` from
+    (seed, row) via SeedSequence. The same seed gives another stream on cuda than on cpu."""
     a, b = np.random.SeedSequence([int(seed), int(row)]).generate_state(2, np.uint64)
-    g = torch.Generator()
+    g = torch.Generator(device=device if device is not None else "cpu")
     g.manual_seed(int(a) & (2**63 - 1))
     return g, np.random.default_rng(int(b))
 
@@ -272,10 +335,13 @@ def run_chains(proposal, temperatures, steps: int, *, batch: int = 1024, burn_in
     the batch's first recorded step); progress(b) is called after each recorded batch.
     Returns per temperature {"T", "e", "m" (chain, per spin, float64 [steps]), "log_w",
     "proposal_e", "proposal_m" (float64 [steps]), "accepted", "seconds_per_proposal"} and
-    the summary of :func:`chain_statistics`."""
+    the summary of :func:`chain_statistics`. The torch generators live on the proposal's
+    device (proposal.device, the model's): a model on cuda gives other chains than on cpu for
+    the same seed, with the same physics."""
     chains = []
+    dev = getattr(proposal, "device", None)
     for r, T in enumerate(temperatures):
-        g, rng = _streams(seed, r)
+        g, rng = _streams(seed, r, dev)
         chains.append(_Chain(float(T), g, rng))
     for b in _chunks(burn_in, batch):
         for ch in chains:
@@ -426,6 +492,7 @@ class NMCMCConfig:
     batch: int = option(1024, "proposals drawn at once")
     burn_in: int = option(1000, "unrecorded proposals before the recorded ones")
     L: Optional[int] = option(None, "refuse a model of another lattice size")
+    device: str = option("cpu", DEVICE_HELP)
     overwrite: bool = option(False, "replace an existing --out")
     quiet: bool = option(False, "no progress bar")
 
@@ -441,6 +508,7 @@ def parse_args(argv=None) -> NMCMCConfig:
 
 
 def _check_args(args) -> list[float]:
+    torch_device(args.device)                       # first: a run that cannot start stops now
     temps = parse_temperatures(args.temperatures)
     for name, v, low in (("--steps", args.steps, 2), ("--batch", args.batch, 1), ("--k", args.k, 1),
                          ("--burn-in", args.burn_in, 0), ("--seed", args.seed, 0)):
@@ -463,6 +531,7 @@ def run(args: NMCMCConfig) -> tuple[list[dict], int]:
     from .runlock import RunLock
     temps = _check_args(args)
     model, model_path = load_proposal_model(args.model)
+    model.to(torch_device(args.device))
     L = int(model.cfg.L)
     if args.L is not None and args.L != L:
         raise NMCMCError(f"the model {str(model_path)!r} is for L={L} lattices, not --L "
@@ -474,7 +543,8 @@ def run(args: NMCMCConfig) -> tuple[list[dict], int]:
     config = {"algorithm": "nmcmc", "model": str(Path(model_path).absolute()),
               "model_config": model.cfg.to_dict(), "proposal": proposal.name,
               "k": proposal.k, "temperatures": temps, "steps": args.steps,
-              "batch": args.batch, "burn_in": args.burn_in, "seed": args.seed, "L": L}
+              "batch": args.batch, "burn_in": args.burn_in, "seed": args.seed, "L": L,
+              "device": args.device}
     with RunLock.acquire(out, role="nmcmc") as lock:
         w = RunWriter.create(partial, yaml.safe_dump(config, sort_keys=False), L, args.seed,
                              temps, overwrite=True)
@@ -502,6 +572,7 @@ def run(args: NMCMCConfig) -> tuple[list[dict], int]:
             "proposal": proposal.name, "k": proposal.k, "family": _family(model),
             "model": str(Path(model_path).absolute()), "batch": args.batch,
             "burn_in": args.burn_in, "torch_threads": torch.get_num_threads(),
+            "device": args.device,
             "method": "independence Metropolis-Hastings with the model as proposal; "
                       "importance weights of the same proposals for ESS and ln Z"}, args.steps)
         lock.check(out)

@@ -17,15 +17,16 @@ import warnings
 import h5py
 
 from . import config as cfgmod
-from . import native, observables
+from . import domain, native, observables
 from .config import ConfigError, PTConfig
 from .mpi import world
 from .runlock import RunLock, RunLockedError, RunLostError
 from .store import StoreError, open_read, stored_config
 from .tempering import ParallelTempering
-from .writers import CollectiveWriter, RunWriter, gather_writer
+from .writers import CollectiveWriter, RunWriter, StripGatherWriter, gather_writer
 
 RESUME_MAY_CHANGE = cfgmod.resume_may_change(PTConfig)   # the rest must match the file
+LAUNCH_LAYOUT = ("ranks_per_replica",)  # how this launch's ranks share lattices: not the file's
 
 
 def summary_table(path):
@@ -75,6 +76,8 @@ def resolve_config(args):
         out = cfgmod.load(PTConfig, args.config, {}).out
     with open_read(out) as f:
         stored = stored_config(f)
+    for key in LAUNCH_LAYOUT:  # (a resumed run can use any P)
+        stored.pop(key, None)
     requested = cfgmod.read_yaml(args.config) if args.config else dict(stored)
     requested.update(overrides)
     mismatch = [f"{k}: file has {stored.get(k)!r}, asked {v!r}" for k, v in requested.items()
@@ -85,7 +88,8 @@ def resolve_config(args):
                           + "; ".join(mismatch) + "); resume with the same settings or start a "
                           "new file")
     data = dict(stored)
-    data.update({k: v for k, v in requested.items() if k in RESUME_MAY_CHANGE})
+    data.update({k: v for k, v in requested.items()
+                 if k in RESUME_MAY_CHANGE or k in LAUNCH_LAYOUT})
     data["out"] = out
     cfg = cfgmod.from_dict(PTConfig, data, source=out)
     writer, ckpt = RunWriter.reopen(out)
@@ -110,6 +114,50 @@ def _default_replicas_to_ranks(args, ranks: int) -> None:
         args.replicas = ranks
 
 
+def _strips_for_extra_ranks(cfg, args, P):
+    """With R given and P > R ranks, and ranks_per_replica not given (flag or --config
+    file): each lattice is split over k = P / R ranks (ising_dist.domain). Returns the
+    config with that k; raises ConfigError when P is not a multiple of R (naming the nearest
+    valid P) or when the strips cannot run (PTConfig.validate names why)."""
+    given = "ranks_per_replica" in cfgmod.given_flags(args, PTConfig) or (
+        args.config and "ranks_per_replica" in (cfgmod.read_yaml(args.config) or {}))
+    R = cfg.replicas
+    if given or P <= R:
+        return cfg
+    if P % R:
+        lower, upper = P - P % R, P - P % R + R
+        raise ConfigError(
+            f"{P} MPI ranks for replicas={R}: with more ranks than replicas each lattice is "
+            f"split over P/R ranks, so P must be a multiple of R; use -n {lower} or -n {upper}"
+            f", or --replicas {P}")
+    return cfgmod.from_dict(PTConfig, {**cfgmod.to_dict(cfg), "ranks_per_replica": P // R},
+                            source=f"{P} MPI ranks for {R} replicas")
+
+
+def check_ranks(cfg, P):
+    """Refuse a run of ``cfg`` (ranks_per_replica k) on P ranks that leaves a rank without
+    work: P must be a multiple of k, and the P/k groups of k ranks need a replica each.
+    Raises ConfigError naming the valid rank counts."""
+    k, R = cfg.ranks_per_replica, cfg.replicas
+    if P % k:
+        lower, upper = max(k, P - P % k), P - P % k + k
+        raise ConfigError(
+            f"{P} MPI ranks with ranks_per_replica={k}: each replica's lattice is split over "
+            f"k ranks, so the rank count must be a multiple of {k}; use -n "
+            f"{' or -n '.join(map(str, sorted({lower, upper})))}")
+    if R < P // k:
+        if k == 1:
+            split = P // R  # the strips that would use every rank, where they fit
+            fits = P % R == 0 and cfg.L % split == 0 and cfg.L // split >= 2
+            hint = (f" (or --ranks-per-replica {split}: each lattice split over {split} "
+                    f"ranks)" if fits and cfg.algorithm == "metropolis" else "")
+            raise ConfigError(f"replicas={R} < {P} MPI ranks: every rank needs a replica; use "
+                              f"--replicas {P} or fewer ranks{hint}")
+        raise ConfigError(f"replicas={R} < {P} MPI ranks / ranks_per_replica={k}: every group "
+                          f"of {k} ranks needs a replica; use --replicas {P // k} or -n "
+                          f"{R * k}")
+
+
 def setup(args, comm):
     """Validate everything on rank 0 before any work; all ranks get the config or exit.
 
@@ -128,9 +176,8 @@ def setup(args, comm):
             if not args.resume and comm.size > DEFAULT_REPLICAS:
                 _default_replicas_to_ranks(args, comm.size)
             cfg, writer, ckpt = resolve_config(args)
-            if cfg.replicas < comm.size:
-                raise ConfigError(f"replicas={cfg.replicas} < {comm.size} MPI ranks: every rank "
-                                  f"needs a replica; use --replicas {comm.size} or fewer ranks")
+            cfg = _strips_for_extra_ranks(cfg, args, comm.size)
+            check_ranks(cfg, comm.size)
             if cfg.backend == "native" and not native.available():
                 raise ConfigError("backend=native: the native kernel library is not built; "
                                   f"run `{native.BUILD_HINT}` or use --backend numba")
@@ -166,6 +213,10 @@ def setup(args, comm):
             writer.close()  # created or cut back serially; now every rank opens it with mpio
         comm.barrier()
         return cfg, CollectiveWriter(comm, cfg.out, lock), ckpt, lock
+    if cfg.ranks_per_replica > 1:  # strips: each group's leader writes through a gather
+        group, leaders = domain.groups(comm, cfg.ranks_per_replica)
+        return cfg, StripGatherWriter(group, gather_writer(leaders, writer)
+                                      if group.rank == 0 else None), ckpt, lock
     # gather: "auto" picks it too, for a file that can be read while it is written
     return cfg, gather_writer(comm, writer), ckpt, lock
 

@@ -1,9 +1,12 @@
 """The parallel-tempering run loop and its state (PTState = the checkpoint layout).
 
-R replicas are split over P ≤ R ranks (contiguous blocks, uneven allowed). Temperature
-labels, not lattices, are exchanged. Every replica owns its random streams (derived from
-(seed, replica id)), and exchange decisions use a stream of their own that every rank
-evaluates identically, so the output does not depend on P.
+R replicas are split over P ≤ R ranks (contiguous blocks, uneven allowed), or, with
+ranks_per_replica k > 1, over P/k groups of k ranks, each rank of a group holding a strip of
+L/k rows of the group's lattices (ising_dist.domain; Metropolis only, the Python loop below,
+and every rank of a group runs it alike). Temperature labels, not lattices, are exchanged.
+Every replica owns its random streams (derived from (seed, replica id)), and exchange
+decisions use a stream of their own that every rank evaluates identically, so the output
+does not depend on P.
 
 The run loop (:meth:`ParallelTempering.run`) advances all local replicas to the next stop
 s, then at s runs the operations whose trigger (ising_dist.schedule) fires, in this order:
@@ -40,7 +43,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import kernels, native
+from . import domain, kernels, native
 from .codec import pack
 from .engine import Chains, clusters_per_sweep
 from .kernels import ACCEPTED, ATTEMPTED, WINDOW_ACCEPTED, WINDOW_ATTEMPTED
@@ -207,19 +210,19 @@ class ParallelTempering:
         self.R, self.L, self.N = R, L, L * L
         self.total = cfg.thermalize + cfg.sweeps
         self.xkey = exchange_key(cfg.seed)
-        self._blocks = np.array_split(np.arange(R), comm.size)
+        # replicas in contiguous blocks, one per group of k ranks (k = 1: one per rank)
+        self.k = k = cfg.ranks_per_replica
+        self._blocks = np.array_split(np.arange(R), comm.size // k)
         self._sync_row = np.zeros(max(map(len, self._blocks)) + 1, np.int64)
-        ids = self._blocks[comm.rank]
+        ids = self._blocks[comm.rank // k]
+        self.chains = self._make_chains(ids, ckpt)
         if ckpt is None:
-            self.chains = Chains.create(L, cfg.seed, ids, start=cfg.start, backend=cfg.backend)
             shared = dict(slot_of=np.arange(R), temperatures=cfg.ladder_temperatures(),
                           n_wolff=np.full(R, cfg.n_wolff), direction=np.zeros(R),
                           round_trips=np.zeros(R), position=np.zeros(2))
             shared.update((name, np.zeros(R - 1)) for name in (
                 "attempted", "accepted", "window_attempted", "window_accepted"))
         else:
-            self.chains = Chains.from_state(cfg.seed, ids, ckpt["spins"][ids],
-                                            ckpt["counters"][ids], backend=cfg.backend)
             shared = {name: ckpt[name] for name in PTState.names(local=False)}
         # the state's per-replica fields are the chains' arrays, which the kernels update
         layout = PTState.layout(R, L)
@@ -227,6 +230,8 @@ class ParallelTempering:
             name: np.array(shared[name], layout[name][0]) for name in PTState.names(local=False)})
         self._set_ladder(self.state.temperatures)
         self.energy = np.zeros(R, np.int64)
+        # samples go to the writer packed; strips go unpacked (its gather assembles rows)
+        self._encode = pack if k == 1 else np.ascontiguousarray
         # a segment is a few tens of ms of work: stop requests and progress stay prompt
         self.max_segment = max(1, 2**26 // (R * self.N))
         self.cadence = Cadence(cfg.exchange_every, cfg.sample_every, cfg.thermalize)
@@ -255,6 +260,21 @@ class ParallelTempering:
         self.stop_requested = False
         self.stopped = False
         self.progress = None
+
+    def _make_chains(self, ids, ckpt):
+        """This rank's chains of replica ids ``ids``, new or from the checkpoint ``ckpt``:
+        whole lattices (engine.Chains) or, with k > 1 ranks per replica, this rank's strip
+        of them (domain.StripChains, numba kernels, no compiled loop)."""
+        cfg = self.cfg
+        if self.k > 1:
+            group = domain.groups(self.comm, self.k)[0]
+            if ckpt is None:
+                return domain.StripChains.create(cfg.L, cfg.seed, ids, group, start=cfg.start)
+            return domain.StripChains(cfg.seed, ids, ckpt["spins"][ids], group)
+        if ckpt is None:
+            return Chains.create(cfg.L, cfg.seed, ids, start=cfg.start, backend=cfg.backend)
+        return Chains.from_state(cfg.seed, ids, ckpt["spins"][ids], ckpt["counters"][ids],
+                                 backend=cfg.backend)
 
     def _subscribe(self):
         """The operations (before the sync, after it), in the order they run at a stop."""
@@ -362,15 +382,15 @@ class ParallelTempering:
         if self.comm.size == 1:
             self.energy[:] = self.chains.energy
             return self.stop_requested
-        # ranks hold contiguous blocks of replica ids (np.array_split): one int64 row each,
-        # [energies of the block, padding, stop flag]
+        # groups of k ranks hold contiguous blocks of replica ids (np.array_split): one int64
+        # row each rank, [energies of its group's block, padding, stop flag]
         row = self._sync_row
         n = len(self.chains.replica_ids)
         row[:n] = self.chains.energy
         row[-1] = self.stop_requested
         rows = self.comm.allgather_array(row)
-        self.energy[:] = np.concatenate([rows[p, :len(ids)]
-                                         for p, ids in enumerate(self._blocks)])
+        self.energy[:] = np.concatenate([rows[g * self.k, :len(ids)]  # group leaders' rows
+                                         for g, ids in enumerate(self._blocks)])
         return bool(rows[:, -1].any())
 
     # -- operations -----------------------------------------------------------------------
@@ -423,7 +443,7 @@ class ParallelTempering:
 
     def _sample(self):
         ids = self.chains.replica_ids
-        self.writer.write([self.sweep], pack(self.chains.spins[None]),
+        self.writer.write([self.sweep], self._encode(self.chains.spins[None]),
                           self.energy[ids][None] / self.N, self.chains.magnet[None] / self.N,
                           ids, slot=self.state.slot_of[ids])
 

@@ -8,6 +8,8 @@ asks which rank it is on:
   :func:`gather_writer`      ranks send their replicas to rank 0, whose RunWriter writes;
                              every other rank gets a :class:`GatherSender`, which only sends
   :class:`CollectiveWriter`  every rank writes its own rows through parallel HDF5 (mpio)
+  :class:`StripGatherWriter` lattices split into strips over a group of ranks: the group's
+                             leader gathers them and writes through one of the above
 
 All take samples one way, a block of k samples of the n replicas a rank holds::
 
@@ -35,6 +37,7 @@ that a live run holds (``RunLockedError``).
 """
 
 import collections
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +46,7 @@ import h5py
 import numpy as np
 
 from . import store
-from .codec import PAD_CODE, SO_HEADER, new_chunk_row, pack_spins, unpack_spins
+from .codec import PAD_CODE, SO_HEADER, new_chunk_row, pack, pack_spins, unpack_spins
 from .runlock import RunLostError, refuse_if_live
 from .store import LIBVER, StoreError
 from .tempering import PTState
@@ -477,6 +480,61 @@ class GatherWriter(GatherSender):
     def close(self):
         """Write everything queued and close the file."""
         self.w.close()
+
+
+class StripGatherWriter:
+    """The writer of a rank of a replica group under domain decomposition (ising_dist.domain:
+    each of the group's k ranks holds a strip of rows of the group's lattices). Samples and
+    checkpoints gather the strips to the group's leader (group rank 0), which hands whole
+    lattices to its writer over the leaders' communicator (one rank per group, e.g. a
+    :func:`gather_writer`); the other ranks write nothing.
+
+    Its calls are those of the module docstring, except that ``spins`` of :meth:`write` are
+    this rank's strips unpacked, int8 [k, n, L/g, L] (g ranks in the group), and the spins
+    of the state given to :meth:`checkpoint` are strips int8 [n, L/g, L].
+    """
+
+    def __init__(self, group, inner):
+        """group: the replica group's communicator (ising_dist.mpi); inner: the leader's
+        writer of whole lattices (None on the other ranks)."""
+        self.group, self.inner = group, inner
+
+    def _lattices(self, strips):
+        """Whole lattices [..., L, L] from every group rank's strips [..., L/g, L] (rows in
+        group-rank order) on the leader; None elsewhere."""
+        parts = self.group.gather_array(strips)
+        return None if parts is None else np.concatenate(list(parts), axis=-2)
+
+    def write(self, sweep, spins, energy, magnet, replica, slot=None):
+        """Gather k samples' strips (int8 [k, n, L/g, L]) and, on the leader, hand the
+        whole lattices, packed, to its writer. Returns its job, or None."""
+        lattices = self._lattices(spins)
+        if lattices is None:
+            return None
+        return self.inner.write(sweep, pack(lattices), energy, magnet, replica, slot=slot)
+
+    def checkpoint(self, state, ids):
+        """Gather the strips of ``state.spins`` (PTState, replica ids ``ids``) and, on the
+        leader, checkpoint the state with whole lattices through its writer."""
+        lattices = self._lattices(state.spins)
+        if lattices is not None:
+            self.inner.checkpoint(dataclasses.replace(state, spins=lattices), ids)
+
+    def set_temperatures(self, temperatures):
+        """Store the ladder (float64 [R], ascending): the leader's writer does."""
+        if self.inner is not None:
+            self.inner.set_temperatures(temperatures)
+
+    @property
+    def last_checkpoint(self):
+        """Sweep of the newest checkpoint known on disk (None before one, or not known
+        on this rank)."""
+        return None if self.inner is None else self.inner.last_checkpoint
+
+    def close(self):
+        """Close the leader's writer (the others hold none)."""
+        if self.inner is not None:
+            self.inner.close()
 
 
 def _row_slabs(rows, shape, at=()):

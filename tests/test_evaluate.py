@@ -35,12 +35,8 @@ PICTURES = {"observables.png", "distances.png", "histograms.png", "correlation.p
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads make tiny models slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def one_thread(one_torch_thread_per_module):
+    """One torch thread for the module's tests and fixtures (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
@@ -601,3 +597,73 @@ def test_mcmc_samples_as_the_generator_raise_no_false_alarm(pt_file, tmp_path):
     report.write_html(tmp_path, m)
     assert "No bias, T-dependence or diversity problem found" in (
         tmp_path / "index.html").read_text()
+
+
+# ------------------------------------------------------------------------------ --device
+NO_GPU = "needs a CUDA device: torch.cuda.is_available() is False (no GPU or a CPU build of torch)"
+QUICK = ["--samples", "300", "--no-cost", "--no-embedding", "--no-pictures", "--tmin", "2.1",
+         "--tmax", "2.4", "--seed", "4"]
+
+
+def test_device_refusals(capsys, pt_file, ae_run, tmp_path, monkeypatch):
+    """--device names cpu, cuda or cuda:N; cuda where torch sees no CUDA device, or an index
+    past the last one, is refused with exit 2 and nothing written."""
+    base = ["--data", str(pt_file), "--model", str(ae_run)]
+    res = subprocess.run([sys.executable, "-m", "ising_dist.evaluate", *base, "--out",
+                          str(tmp_path / "r"), "--device", "tpu"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: "), res.stdout + res.stderr
+    assert "--device 'tpu'" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r").exists()
+    for bad in ("gpu", "cuda:", "cuda:x", "CPU"):
+        assert repr(bad) in _cli_error(capsys, tmp_path, *base, "--device", bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for dev in ("cuda", "cuda:1"):
+        err = _cli_error(capsys, tmp_path, *base, "--device", dev)
+        assert (f"device={dev}: torch sees no CUDA device here (torch.cuda.is_available() is "
+                f"False); use --device cpu, or install a CUDA build of torch on a GPU "
+                f"machine") in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    err = _cli_error(capsys, tmp_path, *base, "--device", "cuda:1")
+    assert "device=cuda:1" in err and "1 CUDA device(s)" in err
+    with pytest.raises(ValueError, match="'tpu'"):                  # the in-process API too
+        driver.evaluate_model(driver.load_run(ae_run)["model"], pt_file, 10, device="tpu")
+
+
+def _comparable(metrics: dict) -> dict:
+    """metrics without what the wall clock or the output folder changes."""
+    m = json.loads(json.dumps(driver._json_safe(metrics)))
+    for key in ("seconds", "report_dir"):
+        m.pop(key)
+    for p in m["per_temperature"]:
+        p.pop("cost")
+    return m
+
+
+def test_explicit_cpu_device_gives_the_default_metrics(pt_file, ae_run, tmp_path):
+    base = ["--data", str(pt_file), "--model", str(ae_run), *QUICK]
+    assert cli.main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*base, "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert a["generation"]["device"] == b["generation"]["device"] == "cpu"
+    assert _comparable(a) == _comparable(b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_cuda_device_generates_on_the_gpu_with_the_same_physics(pt_file, ae_run):
+    """On a GPU: the model is moved there, its samples differ from the cpu run's (other
+    random streams), and its physics agrees with the cpu run's within the error bars."""
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        loaded = driver.load_run(ae_run)
+        runs[dev] = driver.evaluate_model(loaded["model"], pt_file, 2000, extra=loaded["extra"],
+                                          tmin=1.9, tmax=2.7, device=dev, seed=4,
+                                          latent=True)
+        assert next(loaded["model"].parameters()).device.type == dev
+        assert runs[dev]["generation"]["device"] == dev
+    for c, g in zip(runs["cpu"]["per_temperature"], runs["cuda"]["per_temperature"]):
+        for key in ("e", "abs_m"):
+            (mc, ec), (mg, eg) = c["generated"][key], g["generated"][key]
+            assert abs(mc - mg) < 5 * math.hypot(ec, eg) + 1e-12, (c["T"], key, mc, mg)
+        assert c["histograms"] != g["histograms"]        # other samples, same distribution

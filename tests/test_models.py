@@ -14,13 +14,7 @@ FAMILIES = ["ae", "vae", "cvae", "dcgan", "wgan-gp"]
 LIKELIHOOD = ["ae", "vae", "cvae"]
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
 
 def tiny(family="vae", arch="mlp", L=8, **kw) -> ModelConfig:
@@ -653,3 +647,82 @@ def test_new_families_train_under_two_ddp_workers_and_resume(name, tmp_path, pt_
     ladder = extra["data"]["temperatures"]
     assert model.cfg.ladder == pytest.approx(ladder) and len(ladder) == 4
     assert_spins(model.sample(8, T=ladder[0]), 8, 8)
+
+
+# ---------------------------------------------------------------------- issue 15: follow T
+# A real PT file spanning Tc (L = 8, T = 1.6 … 3.2, 4 temperatures, 3000 samples each), written
+# by the real CLI; MCMC <|m|> ≈ 0.980, 0.906, 0.572, 0.289.
+SPANNING_PT_ARGS = ["--L", "8", "--tmin", "1.6", "--tmax", "3.2", "--replicas", "4",
+                    "--thermalize", "500", "--sweeps", "6000", "--sample-every", "2", "--seed",
+                    "5", "--no-progress"]
+FOLLOW_T = {    # family → (model settings, lr, epochs); MLP 64-32, batch 64
+    "cvae": ({"latent_dim": 2}, 3e-3, 30),
+    "dcgan": ({}, 1e-3, 30),
+    "wgan-gp": ({"n_critic": 1}, 2e-3, 30),
+    "acgan": ({}, 1e-3, 30),
+}
+# Not here: infogan. Same budget, seeds 0-2, generated <|m|> at T = 1.6 (MCMC 0.980): 0.874,
+# 0.934, 0.926 with the default codes (2 categories + 1 continuous; at seed 0 the continuous
+# code's upper quarter generates <|m|> 0.74: the information term makes the generator vary
+# where the ordered data hardly do), 0.967, 0.856, 0.980 with the categorical code only: one
+# seed in three misses the 0.1 bound either way. At T = 3.2 (MCMC 0.289): 0.304, 0.306, 0.250.
+
+
+@pytest.fixture(scope="module")
+def spanning_pt_file(tmp_path_factory):
+    import subprocess
+    import sys
+    from tests.test_data import ROOT
+    path = tmp_path_factory.mktemp("spanning") / "pt.h5"
+    res = subprocess.run([sys.executable, "-m", "ising_dist.pt", "--out", str(path),
+                          *SPANNING_PT_ARGS], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return path
+
+
+@pytest.mark.validation
+@pytest.mark.parametrize("family", sorted(FOLLOW_T))
+def test_conditional_models_follow_temperature_across_tc(family, spanning_pt_file):
+    """Issue 15: trained on a real PT file spanning Tc, a conditional model's generated <|m|>
+    falls with T at every step of the ladder and is within 0.1 of MCMC's (read from the file)
+    at its two ends.
+
+    Monotonic is strict: MCMC's <|m|> falls by ≥ 0.074 between neighbouring temperatures and
+    2000 generated lattices give <|m|> to ±0.007 (standard error), so a model that follows T
+    cannot break the order by noise alone, while one that ignores T (the issue's wgan-gp)
+    breaks it by chance (23 orders in 24).
+    Measured (torch seeds 0-2 for init, batch order and sampling; MLP 64-32, batch 64, 30
+    epochs), generated <|m|> at T = 1.6 / 3.2 against MCMC's 0.980 / 0.289:
+      cvae     0.905 0.910 0.913 / 0.280 0.307 0.294
+      dcgan    0.943 0.916 0.915 / 0.321 0.225 0.269
+      wgan-gp  0.901 0.926 0.941 / 0.312 0.340 0.320
+      acgan    0.926 0.905 0.940 / 0.363 0.324 0.383
+    all strictly decreasing; the test runs seed 0. The cVAE's low end stays ≈ 0.07 below MCMC
+    (60 epochs: 0.899): one Gaussian p(z | T) spans both ordered modes and decodes disordered
+    lattices between them (seed 0: the codes of held-out T = 1.6 lattices sit at z₂ ≈ +5.2
+    (m > 0) and −3.4 (m < 0), p(z₂ | 1.6) = N(1.9, 4.5²); decoding the codes gives <|m|> 0.980,
+    the data's, decoding the prior's 0.903, 13% of them below |m| = 0.8). Generation that ignores T (sampling every T at
+    the ladder's second temperature) fails the order for all four families."""
+    import h5py
+    from ising_dist.data import batches as file_batches
+    from ising_dist.data import make_datasets
+
+    settings, lr, epochs = FOLLOW_T[family]
+    sets, fp = make_datasets(spanning_pt_file, val_fraction=0.1, test_fraction=0.1)
+    ladder = fp["temperatures"]
+    with h5py.File(spanning_pt_file, "r") as f:
+        mcmc = [float(v) for v in abs(f["magnetization"][()]).mean(1)]
+    assert len(ladder) == 4 and ladder[0] < 2.269 < ladder[-1]
+    model = build_model(ModelConfig(family=family, arch="mlp", L=8, hidden=[64, 32],
+                                    ladder=ladder, **settings))
+    opts = model.configure_optimizers(lr)
+    data = file_batches(sets["train"], 64, seed=0)
+    for epoch in range(epochs):
+        data.set_epoch(epoch)
+        train_epoch(model, data, opts, "cpu")
+    model.eval()
+    gen = torch.Generator().manual_seed(100)
+    made = [abs_m(model.sample(2000, T=T, generator=gen)).mean().item() for T in ladder]
+    assert all(a > b for a, b in zip(made, made[1:])), (made, mcmc)
+    assert abs(made[0] - mcmc[0]) < 0.1 and abs(made[-1] - mcmc[-1]) < 0.1, (made, mcmc)

@@ -33,12 +33,8 @@ P_MIN = 1e-3                 # "p not absurd": a correct sampler fails 1 run in 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads make tiny models slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def one_thread(one_torch_thread_per_module):
+    """One torch thread for the module's tests and fixtures (tests/conftest.py)."""
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -427,3 +423,74 @@ def test_judge_flags_a_chain_too_short_for_its_proposal():
     assert not j["reliable"]
     r, j = judged(rng.normal(0, 0.5, n), accepted=0)     # never moved
     assert r["tau_int"] == math.inf and not j["reliable"] and j["tau_int"] is None
+
+
+# ------------------------------------------------------------------------------ --device
+NO_GPU = "needs a CUDA device: torch.cuda.is_available() is False (no GPU or a CPU build of torch)"
+
+
+def test_device_refusals(ar_run, tmp_path, capsys, monkeypatch):
+    """--device names cpu, cuda or cuda:N; cuda where torch sees no CUDA device, or an index
+    past the last one, is refused with exit 2 before the model is read or --out written."""
+    out = tmp_path / "d.h5"
+    base = ["--model", ar_run, "--temperatures", "2", "--steps", 100, "--out", out, "--quiet"]
+    _refused(_cli(*base, "--device", "tpu"), "--device 'tpu'", "cpu, cuda or cuda:N")
+    for bad in ("gpu", "cuda:", "cuda:x", "CPU", "cpu:0"):
+        _main_refuses(capsys, base + ["--device", bad], repr(bad), "cuda:N")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for dev in ("cuda", "cuda:0"):
+        _main_refuses(capsys, base + ["--device", dev], f"device={dev}: torch sees no CUDA "
+                      f"device here (torch.cuda.is_available() is False); use --device cpu, "
+                      f"or install a CUDA build of torch on a GPU machine")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _main_refuses(capsys, base + ["--device", "cuda:2"], "device=cuda:2", "2 CUDA device(s)",
+                  "cuda:0 … cuda:1")
+    assert not out.exists() and not out.with_name("d.h5.partial").exists()
+
+
+def _nmcmc_file(ar_run, out, *extra) -> dict:
+    """An nmcmc run of ar_run at two temperatures: (spins, log weights, config, attrs)."""
+    assert nmcmc.main([str(a) for a in ("--model", ar_run, "--temperatures", "3.5,2.5",
+                                         "--steps", 400, "--batch", 128, "--burn-in", 64,
+                                         "--seed", 3, "--out", out, "--quiet", *extra)]) == 0
+    back = nmcmc.read_results(out)
+    with h5py.File(out, "r") as f:
+        spins = f["spins"][()]
+    return {"spins": spins, "log_w": np.stack([r["log_w"] for r in back["per_temperature"]]),
+            "config": back["config"], "attrs": back["attrs"]}
+
+
+def test_explicit_cpu_device_gives_the_default_chains(ar_run, tmp_path):
+    default = _nmcmc_file(ar_run, tmp_path / "a.h5")
+    cpu = _nmcmc_file(ar_run, tmp_path / "b.h5", "--device", "cpu")
+    assert np.array_equal(default["spins"], cpu["spins"])
+    assert np.array_equal(default["log_w"], cpu["log_w"])
+    assert default["config"]["device"] == cpu["config"]["device"] == "cpu"
+    assert default["attrs"]["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_cuda_proposals_are_the_models_and_the_cli_runs_on_the_gpu(ar_run, tmp_path):
+    """On a GPU: an exact proposal drawn on cuda carries the ln q that the same model computes
+    on the CPU for those spins (so the MH weights are right), the pseudo-marginal proposal
+    draws there with a generator on the device, and the CLI writes its file with
+    device=cuda; its chains differ from the cpu run's (other random streams)."""
+    model, _ = nmcmc.load_proposal_model(ar_run)
+    cpu_model, _ = nmcmc.load_proposal_model(ar_run)
+    prop = nmcmc.proposal_for(model.to("cuda"))
+    assert prop.device.type == "cuda"
+    g, _ = nmcmc._streams(0, 0, prop.device)
+    spins, log_q = prop.draw(512, 2.5, g)
+    assert spins.dtype == np.int8 and spins.shape == (512, 4, 4) and log_q.dtype == np.float64
+    with torch.no_grad():
+        ref = cpu_model.log_prob(torch.from_numpy(spins)).double().numpy()
+    np.testing.assert_allclose(log_q, ref, rtol=0, atol=1e-4)
+    vae = build_model(ModelConfig(family="vae", L=4, hidden=[16])).eval().to("cuda")
+    res = nmcmc.run_chains(nmcmc.proposal_for(vae, 2), [3.0], 256, batch=128, burn_in=0)
+    assert res[0]["e"].shape == (256,) and np.isfinite(res[0]["log_w"]).all()
+    gpu = _nmcmc_file(ar_run, tmp_path / "g.h5", "--device", "cuda")
+    cpu = _nmcmc_file(ar_run, tmp_path / "c.h5")
+    assert gpu["config"]["device"] == "cuda" and gpu["attrs"]["device"] == "cuda"
+    assert gpu["spins"].shape == cpu["spins"].shape
+    assert not np.array_equal(gpu["spins"], cpu["spins"])

@@ -113,13 +113,16 @@ def test_only_the_mpi_module_touches_mpi4py():
     assert users == [], users
     script = ("from ising_dist.mpi import world; c = world(); "
               "public = {k: type(v).__module__ for k, v in vars(c).items() if k[0] != '_'}; "
-              "print(sorted(public.items()), type(c.fortran_handle()).__name__, "
-              "'MPI' in c.library_version(), type(c.h5py_comm()).__module__)")
+              "line = str((sorted(public.items()), type(c.fortran_handle()).__name__, "
+              "'MPI' in c.library_version(), type(c.h5py_comm()).__module__)); "
+              "lines = c.gather(line); "   # one writer: two ranks' prints can interleave
+              "print(*lines, sep=chr(10)) if c.rank == 0 else None")
     res = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-c", script],
                          env=env(True), cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 2 and len(set(lines)) == 1, res.stdout + res.stderr
-    assert lines[0] == "[('rank', 'builtins'), ('size', 'builtins')] int True mpi4py.MPI", lines
+    assert lines[0] == "([('rank', 'builtins'), ('size', 'builtins')], 'int', True, 'mpi4py.MPI')", \
+        lines
 
 
 def test_file_follows_the_contract_and_hdf5_tools_read_it(tmp_path):
@@ -279,10 +282,13 @@ def test_bad_config_files_are_refused(tmp_path):
 
 
 @pytest.mark.mpi
-def test_more_ranks_than_replicas_is_refused(tmp_path):
+def test_more_ranks_than_replicas_is_refused_unless_p_is_a_multiple_of_r(tmp_path):
+    """P > R splits each lattice over P / R ranks (tests/test_domain.py); a P that is not a
+    multiple of R cannot, and the message names the nearest valid P."""
     res = run_pt(*SMALL, "--replicas", "2", "--sweeps", "100", "--out", tmp_path / "x.h5",
-                 ranks=4, check=False)
-    assert res.returncode == 2 and "replicas=2 < 4 MPI ranks" in res.stderr
+                 ranks=3, check=False)
+    assert res.returncode == 2 and "3 MPI ranks for replicas=2" in res.stderr, res.stderr
+    assert "use -n 2 or -n 4, or --replicas 3" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
 
 
@@ -302,8 +308,9 @@ def test_every_rank_gets_a_replica_when_the_ladder_is_not_given(tmp_path):
     cfg, temps = stored(tmp_path / "p10.h5")
     assert cfg["replicas"] == 10 and len(temps) == 10
     assert np.allclose(temps, np.geomspace(cfg["tmin"], cfg["tmax"], 10))
-    res = run_pt(*quick, "--replicas", "2", "--out", tmp_path / "r2.h5", ranks=10, check=False)
-    assert res.returncode == 2 and "replicas=2 < 10 MPI ranks" in res.stderr, res.stderr
+    res = run_pt(*quick, "--replicas", "3", "--out", tmp_path / "r3.h5", ranks=10, check=False)
+    assert res.returncode == 2 and "use -n 9 or -n 12, or --replicas 10" in res.stderr, \
+        res.stderr
 
 
 def test_existing_output_is_never_clobbered_and_resume_is_checked(tmp_path):

@@ -13,13 +13,7 @@ from ising_dist.models import ModelConfig, build_model, evaluate_epoch, load_mod
 from ising_dist.models import train_epoch
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
 
 def rbm(L=4, hidden=8, ladder=(2.0, 3.0), std=None, **kw):

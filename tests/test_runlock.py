@@ -414,13 +414,15 @@ def test_a_duplicate_slurm_job_onto_a_live_output_fails_naming_the_live_job(tmp_
               "--checkpoint-every", "1000000"]
     try:
         slurm.start()
-        res, job1, log1 = sbatch(slurm, tmp_path, *common, "--sweeps", "2000000", wait=False)
+        # long enough never to finish (the native MPI loop runs ~70k sweeps/s here): the
+        # first job must still be live when the second starts, however slowly that is
+        res, job1, log1 = sbatch(slurm, tmp_path, *common, "--sweeps", "2000000000", wait=False)
         assert res.returncode == 0, res.stderr
         t0 = time.time()
         while not lock_path(out).exists() or not owner_of(out).get("slurm_job_id"):
             assert time.time() - t0 < 180, f"job {job1} never locked {out}"
             time.sleep(0.2)
-        res, job2, log2 = sbatch(slurm, tmp_path, *common, "--sweeps", "2000000")
+        res, job2, log2 = sbatch(slurm, tmp_path, *common, "--sweeps", "2000000000")
         text2 = log2.read_text()
         assert res.returncode != 0 and slurm.job_state(job2) == "FAILED", text2
         assert f"error: {out} is in use by a live pt run, pid {owner_of(out)['pid']} on host " \

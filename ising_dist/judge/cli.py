@@ -5,12 +5,15 @@
         [--split heldout|val|test] [--prior fitted|aggregate|normal] [--mode bernoulli|sign]
         [--seed S] [--cost-sweeps N | --no-cost] [--no-embedding] [--tsne-points N]
         [--no-pictures] [--tune results.csv] [--nmcmc FILE | --nmcmc-steps N] [--nmcmc-k K]
+        [--device cpu|cuda|cuda:N]
     Several sizes: --data A.h5 B.h5 --model RUN_A RUN_B (paired) adds the finite-size trend of
     the latent Tc estimate (out/<i>_<stem>/ per pair, out/finite_size.json, out/index.html).
 
 Every option is a field of judge.config.EvaluateConfig (YAML keys with underscores); flags
-override the --config file. What is measured: ising_dist.judge.driver. Exit code 2, with one
-line naming the bad value and its fix, for bad input.
+override the --config file. What is measured: ising_dist.judge.driver (which also says what
+--device moves to the GPU). Exit code 2, with one line naming the bad value and its fix, for
+bad input: a --device that torch cannot use (cuda on a machine without a CUDA device) is
+refused before anything is read or written.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from typing import Optional
 from ..config import ConfigError, option
 from ..models.config import SAMPLE_MODES
 from ..models.vae import SAMPLE_PRIORS
+from ..nmcmc import DEVICE_HELP, torch_device
 
 SPLITS = ("heldout", "val", "test")
 
@@ -46,6 +47,7 @@ class EvaluateConfig:
     mode: Optional[str] = option(None, "spins from the decoder (default: the model's "
                                        "sample_mode)", choices=SAMPLE_MODES)
     seed: int = option(0, "seed of generation, bootstraps and timing chains")
+    device: str = option("cpu", DEVICE_HELP)
     cost: bool = option(True, "cost per independent sample (Metropolis / Wolff timing runs)")
     cost_sweeps: int = option(4000, "sweeps of those timing runs per temperature (≥ 100)")
     nmcmc: Optional[str] = option(None, "output of python -m ising_dist.nmcmc for this model: "
@@ -62,10 +64,15 @@ class EvaluateConfig:
                                        "heatmap to the report")
 
     def validate(self) -> None:
-        """ConfigError naming the bad value and how to fix it."""
+        """ConfigError naming the bad value and how to fix it (for --device also when it
+        names a CUDA device torch does not see: nmcmc.torch_device)."""
         def need(ok, msg):
             if not ok:
                 raise ConfigError(msg)
+        try:
+            torch_device(self.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         need(self.data, "no --data: give the HDF5 file(s) written by `python -m ising_dist.pt`")
         need(self.model, "no --model: give the run directory(ies) of "
                          "`python -m ising_dist.train` or model.pt file(s)")
@@ -91,6 +98,7 @@ class EvaluateConfig:
         """Keyword arguments of driver.run for one (file, model) pair."""
         return dict(temperatures=self.temperatures, tmin=self.tmin, tmax=self.tmax,
                     split=self.split, prior=self.prior, mode=self.mode, seed=self.seed,
+                    device=self.device,
                     cost=self.cost, cost_sweeps=self.cost_sweeps, pictures=self.pictures,
                     tune_results=self.tune, nmcmc_file=self.nmcmc,
                     nmcmc_steps=0 if self.nmcmc else self.nmcmc_steps, nmcmc_k=self.nmcmc_k,

@@ -27,6 +27,13 @@ Outputs (out/): metrics.json (shape below), PNG pictures and index.html.
      "tsne": {…}}, "cost": {…}, …}
 Non-finite numbers are written as null. In-process use (ising_dist.tune): evaluate_model,
 physics_fidelity (judge.compare), score_trial.
+
+Device (``device``: "cpu", "cuda", "cuda:N"; ``--device``): the model is moved there and
+generation, encoding (prior fit, latent analysis, pictures) and neural-MCMC proposals run
+there; what the sections measure comes back to the CPU as numpy. Generation's torch generator
+lives on that device, so a cuda run's samples differ from a cpu run's of the same seed (other
+random streams) while its physics must agree within the error bars. The generator's seconds
+(cost) are then the GPU's; Metropolis / Wolff stay on the CPU.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ from ..data import DataError, inspect, select_rows, split_bounds
 from ..exact import TC
 from ..models import generate, has_encoder, load_model
 from ..models.vae import FITTED_PRIORS, SAMPLE_PRIORS
+from ..nmcmc import torch_device
 from ..store import open_read, stored_config
 from . import cost as cost_mod
 from . import embedding as embedding_mod
@@ -200,7 +208,8 @@ def _check(model, info, data_path, extra: dict, split: str, n_samples: int,
 def evaluate_model(model, data_path, n_samples: int = 2000, *, extra: Optional[dict] = None,
                    temperatures=None, tmin=None, tmax=None, split: str = "heldout",
                    prior: Optional[str] = None, mode: Optional[str] = None, seed: int = 0,
-                   latent: bool = True, cost: bool = False, cost_sweeps: int = 4000,
+                   device: str = "cpu", latent: bool = True, cost: bool = False,
+                   cost_sweeps: int = 4000,
                    train_seconds: Optional[float] = None, train_seconds_source: str = "",
                    pictures: bool = False, out=None, loss_rows=None,
                    progress: Optional[Callable[[str], None]] = None, nmcmc_file=None,
@@ -215,10 +224,15 @@ def evaluate_model(model, data_path, n_samples: int = 2000, *, extra: Optional[d
     nmcmc_file (a file of python -m ising_dist.nmcmc) or nmcmc_steps > 0 (chains run here)
     adds the "nmcmc" section (judge.neural_mcmc; k: VAE codes per proposal); embedding=True
     the "embedding" section (judge.embedding; t-SNE of ``tsne_points`` configurations, 0:
-    none). pictures=True draws the PNGs into ``out`` (judge.report).
-    Errors: ValueError / DataError / StoreError naming the bad argument or file."""
+    none). pictures=True draws the PNGs into ``out`` (judge.report). device: "cpu", "cuda"
+    or "cuda:N" (see the module doc); the model is moved there (``model.to``) and stays there.
+    Errors: ValueError / DataError / StoreError naming the bad argument or file (nmcmc.NMCMCError,
+    a ValueError, for a device torch cannot use, before any work)."""
     say = progress or (lambda s: None)
     t_start = time.perf_counter()
+    dev = torch_device(device)
+    if hasattr(model, "to"):
+        model.to(dev)
     extra = extra or {}
     info = inspect(data_path)
     L = info.L
@@ -289,7 +303,7 @@ def evaluate_model(model, data_path, n_samples: int = 2000, *, extra: Optional[d
         "family": getattr(model.cfg, "family", None), "data": os.path.abspath(data_path),
         "generation": {"prior": prior if has_encoder(model) else "normal",
                        "mode": mode or getattr(model.cfg, "sample_mode", None),
-                       "n_samples": int(n_samples), "seed": int(seed)},
+                       "n_samples": int(n_samples), "seed": int(seed), "device": str(dev)},
         "split": {"evaluated": split, "range": [int(h0), int(h1)], "source": sp["source"],
                   "train": list(sp["train"]), "val": list(sp["val"]), "test": list(sp["test"]),
                   "same_file_as_training": sp["same_file_as_training"],

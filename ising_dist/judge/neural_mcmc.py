@@ -29,6 +29,10 @@ Cost per effective sample (:func:`cost_rows`), one core each, in seconds:
                than the better MCMC: train / (c_mcmc − c_nmcmc); None (never) when c_nmcmc ≥
                c_mcmc.
 (Raw generated samples that fail the fidelity test get no speed-up either: judge.cost.)
+
+Device: proposals are drawn on the model's device (the driver's ``device``; nmcmc.run_chains
+puts the chains' torch generators there), so on a GPU s_prop is the GPU's seconds per proposal
+and the chains differ from a cpu run's of the same seed, with the same physics.
 """
 from __future__ import annotations
 
