@@ -41,7 +41,7 @@ MODELS = {
     "vae-mlp": {"family": "vae", "arch": "mlp", "latent_dim": 2, "hidden": [128, 64]},
     "vae-conv": {"family": "vae", "arch": "conv", "latent_dim": 8, "channels": [64, 32]},
     "wgan-gp": {"family": "wgan-gp", "arch": "conv", "channels": [64, 32], "noise_dim": 16,
-                "n_critic": 5, "gp_weight": 10.0},
+                "n_critic": 1, "gp_weight": 10.0},
 }
 OPTIONAL = {  # models of families that may not exist in this checkout yet
     "pixelcnn": {"family": "autoregressive", "body": "pixelcnn", "t_conditional": True},
@@ -346,6 +346,9 @@ def main(argv=None) -> int:
                     ray_cores[w].append(mon.epochs["ray"] if mon.epochs else float("nan"))
                     worker_cpu[w].append(mon.cpu_per_epoch["workers"] if mon.epochs
                                          else float("nan"))
+                    row[f"ray_cores_by_process_{w}"] = {   # the last run's, busiest first
+                        k: round(v, 4) for k, v in sorted(mon.epochs_by_name.items(),
+                                                          key=lambda kv: -kv[1])}
             for w in (1, 2):
                 row[f"workers_{w}"] = max(runs[w])
                 row[f"workers_{w}_all"] = runs[w]
@@ -364,6 +367,12 @@ def main(argv=None) -> int:
                   flush=True)
         print("\n   targets: 1w/bare ≥ 0.8 for every model; 2w/1w ≥ 1.6 for "
               + " and ".join(SCALING_TARGETS))
+        print("\n   CPU of processes other than the workers while 2 workers trained (cores, "
+              "the last run of each model, ≥ 0.005):")
+        for name in models:
+            busy = {k: v for k, v in results["models"][name]["ray_cores_by_process_2"].items()
+                    if v >= 0.005 and "RayTrainWorker" not in k}
+            print(f"   {name:10} " + ", ".join(f"{k} {v:.3f}" for k, v in busy.items()))
         if args.tune:
             results["tune"] = tune_trial(tmp, data, next(iter(models.values())), args, lr)
     return _finish(results, args.json)

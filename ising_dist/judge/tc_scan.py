@@ -5,7 +5,7 @@ latent space, per lattice size and extrapolated to L → ∞, beside the same fo
         [--pt-config configs/pt/tc-scan.yaml] [--out runs/latent-tc] [--ranks 2]
         [--sweeps N] [--thermalize N] [--sample-every N] [--epochs E] [--workers W]
         [--samples N]
-    make latent-tc         the experiment as configured (hours on 2 cores)
+    make latent-tc         the experiment as configured (about 20 minutes on 2 cores)
     make latent-tc-small   the same pipeline at reduced size (sweeps, epochs)
 
 Steps, each skipped when its output is complete (a rerun continues where one stopped):

@@ -58,7 +58,10 @@ class ModelConfig:
   family "infogan" (Chen et al. 2016, arXiv 1606.03657) / "acgan" (Odena et al. 2017,
   arXiv 1610.09585), both BCE GANs conditional on T like "dcgan":
     info_categories  InfoGAN categorical code size (0: none); info_continuous: uniform(−1, 1)
-                     codes; info_weight: λ of the mutual-information bound L_I
+                     codes; info_weight: λ of the categorical code's term of the mutual-
+                     information bound L_I, info_weight_continuous: λ of the continuous codes'
+                     (smaller, as Chen et al. 2016 §6 advise, so that it stays on the scale of
+                     the GAN objective)
     aux_weight       ACGAN weight of the auxiliary classifier's cross-entropy over the ladder
     aux_twin         ACGAN with TAC-GAN's twin classifier (Gong et al. 2019), which removes
                      ACGAN's bias towards easily classified fakes (see gan.py); false: Odena's
@@ -113,6 +116,7 @@ class ModelConfig:
     info_categories: int = 2
     info_continuous: int = 1
     info_weight: float = 1.0
+    info_weight_continuous: float = 0.1
     aux_weight: float = 1.0
     aux_twin: bool = True
     cd_k: int = 1
@@ -145,7 +149,8 @@ class ModelConfig:
         self.ar_hidden = list(self.ar_hidden)
         self.ladder = [float(t) for t in self.ladder]
         for name in ("kl_weight", "mag_weight", "binarize_weight", "gp_weight", "t_scale",
-                     "beta_anneal", "temperature", "info_weight", "aux_weight"):
+                     "beta_anneal", "temperature", "info_weight", "info_weight_continuous",
+                     "aux_weight"):
             setattr(self, name, float(getattr(self, name)))
 
     # ------------------------------------------------------------------ construction
@@ -252,7 +257,7 @@ class ModelConfig:
     def _validate_gan_codes(self) -> None:
         for name in ("info_categories", "info_continuous"):
             _int(name, getattr(self, name), 0)
-        for name in ("info_weight", "aux_weight"):
+        for name in ("info_weight", "info_weight_continuous", "aux_weight"):
             _float(name, getattr(self, name), positive=False)
         if self.family == "infogan" and self.info_categories + self.info_continuous == 0:
             raise ValueError("family='infogan' with info_categories=0 and info_continuous=0 has "
