@@ -87,8 +87,8 @@ test-fast: setup setup-parallel
 
 # The latent Tc by finite-size scaling (issue 15): tc-scan PT at L = 16, 32, 64, an AE and a VAE
 # trained on each, judged together (python -m ising_dist.judge.tc_scan; runs/latent-tc/).
-# About 20 minutes on 2 cores; a rerun continues where one stopped. latent-tc-small: the same pipeline
-# with shorter runs.
+# About 20 minutes on 2 cores; a rerun continues where one stopped. latent-tc-small: the same
+# pipeline with shorter runs.
 latent-tc: setup
 	$(PY) -m ising_dist.judge.tc_scan --L 16 32 64 --out runs/latent-tc
 

@@ -120,9 +120,10 @@ def latent_analysis(model, temps, spins: list[np.ndarray], mags: list[np.ndarray
     R arrays int8 ±1 [n_r, L, L] in time order; mags: R arrays of their signed m per spin.
     Codes mu of each configuration and of its spin flip mu_f give the odd part
     a = (mu − mu_f)/2 (for an encoder odd about a centre c, a = mu − c), its first principal
-    axis v (uncentred: a is odd) and z1 = a·v, oriented to correlate positively with m. Reported: the correlation of z1 with m (pooled over
-    T) and the multiple correlation of m on all code components (the AE's code is close to
-    linear in m, seed 000); per T the latent susceptibility chi_z = N Var(|z1|)/T and, for
+    axis v (uncentred: a is odd) and z1 = a·v, oriented to correlate positively with m.
+    Reported: the correlation of z1 with m (pooled over T) and the multiple correlation of m
+    on all code components (the AE's code is close to linear in m, seed 000); per T the
+    latent susceptibility chi_z = N Var(|z1|)/T and, for
     variational models, the mean posterior variance (seed 000's "variance peaks near Tc", see
     :func:`variance_peak`); Tc = the peak of chi_z (see susceptibility_peak). The same
     estimator on the MCMC |m| series (chi's peak) is reported beside it: on a finite lattice
@@ -157,7 +158,8 @@ def latent_analysis(model, temps, spins: list[np.ndarray], mags: list[np.ndarray
     var = [np.exp(c[1]).mean(1) if c[1] is not None else None for c in codes]
     out = {"tc_estimate": peak["tc_estimate"], "tc_error": peak["tc_error"],
            "method": "peak of the latent susceptibility chi_z = N Var(|z1|)/T over the ladder "
-                     "(z1: first principal axis of the encoder means' part odd under a spin flip; "
+                     "(z1: first principal axis of the encoder means' part odd under a spin "
+                     "flip; "
                      "least-squares parabola through the highest point, its neighbours and "
                      "the points above 0.7 of the maximum; error: block bootstrap "
                      "and, in quadrature, the shift when the parabola goes through log chi_z)",
