@@ -6,8 +6,9 @@ Prints, measured in one run on one local Ray instance, all at global batch --bat
      memory and streaming slabs (forced by a small memory budget), and Ray Data
      (iter_torch_batches over the same spins, materialized in the object store);
   2. each model's bare-torch compute rate: ising_dist.models.train_epoch over batches already
-     in memory, 1 thread, no Ray: the ceiling of one worker (with --compile also the rate of
-     torch.compile(model) and its compile time);
+     in memory, 1 thread, no Ray, first with glibc malloc's defaults, then keeping freed
+     memory mapped as the workers do (ising_dist.train.keep_freed_memory): the ceiling of one
+     worker (with --compile also the rate of torch.compile(model) and its compile time);
   3. each model's train rate through ising_dist.train at 1 and 2 workers: runs interleaved
      (bare, 1, 2, bare, 1, 2, …), each run's median epoch after the first, best of --repeats
      (bare: best of all its measurements); the ratios 1 worker / bare and 2 / 1 workers; the
@@ -310,11 +311,20 @@ def main(argv=None) -> int:
         for name, r in rates.items():
             print(f"   {name:45} {r:12.0f} samples/s {r / base:8.1f}x", flush=True)
 
-        print(f"\n2. bare torch, 1 thread, batch {args.batch} (load average {load()})")
-        for name, model in models.items():
+        print(f"\n2. bare torch, 1 thread, batch {args.batch} (load average {load()}): with "
+              f"glibc malloc's defaults, then keeping freed memory as the workers do "
+              f"(ising_dist.train.keep_freed_memory)")
+        for name, model in models.items():   # defaults first: the setting cannot be undone
             row = results["models"].setdefault(name, {})
+            row["bare_malloc_defaults"] = bare_rate(train_set, model, fp["L"], args.batch,
+                                                    lr)["samples_per_s"]
+        kept = train.keep_freed_memory()
+        for name, model in models.items():
+            row = results["models"][name]
             row["bare"] = bare_rate(train_set, model, fp["L"], args.batch, lr)["samples_per_s"]
-            line = f"   {name:18} {row['bare']:9.0f} samples/s"
+            line = (f"   {name:18} {row['bare_malloc_defaults']:9.0f} → {row['bare']:6.0f} "
+                    f"samples/s ({row['bare'] / row['bare_malloc_defaults']:.2f}x"
+                    f"{'' if kept else ': not glibc, nothing changed'})")
             if args.compile and ModelConfig.from_dict({**model, "L": fp["L"]}).adversarial:
                 line += "   compiled: n/a (double backward)"
             elif args.compile:

@@ -277,14 +277,14 @@ def test_evaluate_epoch_changes_nothing():
 
 # ---------------------------------------------------------------------- periodic convs
 def test_periodic_transposed_conv_is_adjoint_of_circular_conv_and_equivariant():
-    for k in (3, 5):
+    for k, n in ((3, 4), (5, 4), (3, 1), (5, 1), (5, 2)):   # n = 1, 2: overhang ≥ half the ring
         conv = torch.nn.Conv2d(3, 2, k, stride=2, padding=k // 2, padding_mode="circular",
                                bias=False)
         up = PeriodicConvTranspose2d(2, 3, k)
         up.conv.weight.data.copy_(conv.weight.data)
-        x, y = torch.randn(2, 3, 8, 8), torch.randn(2, 2, 4, 4)
+        x, y = torch.randn(2, 3, 2 * n, 2 * n), torch.randn(2, 2, n, n)
         with torch.no_grad():
-            assert torch.allclose((conv(x) * y).sum(), (x * up(y)).sum(), atol=1e-4)
+            assert torch.allclose((conv(x) * y).sum(), (x * up(y)).sum(), atol=1e-4), (k, n)
             shifted = up(torch.roll(y, (1, 1), dims=(2, 3)))
             assert torch.allclose(shifted, torch.roll(up(y), (2, 2), dims=(2, 3)), atol=1e-5)
 
