@@ -9,8 +9,9 @@ Prints, measured in one run on one local Ray instance, all at global batch --bat
      in memory, 1 thread, no Ray, first with glibc malloc's defaults, then keeping freed
      memory mapped as the workers do (ising_dist.train.keep_freed_memory): the ceiling of one
      worker (with --compile also the rate of torch.compile(model) and its compile time);
-  3. each model's train rate through ising_dist.train at 1 and 2 workers: runs interleaved
-     (bare, 1, 2, bare, 1, 2, …), each run's median epoch after the first, best of --repeats
+  3. each model's train rate through ising_dist.train at 1 and 2 workers, and at 2 workers
+     with gloo's all-reduce instead of shared memory (shm_allreduce: false): runs interleaved
+     (bare, 1, 2, 2 gloo, bare, …), each run's median epoch after the first, best of --repeats
      (bare: best of all its measurements); the ratios 1 worker / bare and 2 / 1 workers; the
      2 / 1 ratio the workers' CPU seconds an epoch imply with a free core each (2 × CPU of 1
      worker / CPU of both: robust to other load, blind to time a rank waits); and the CPU
@@ -241,13 +242,17 @@ class RayCPU:
                                              + (used - p1.get(pid, 0.0)) / (t2 - t1))
 
 
-def train_cfg(data, out, model, workers, epochs, batch, lr):
+def train_cfg(data, out, model, workers, epochs, batch, lr, shm_allreduce=True):
     from ising_dist import config as cfgmod
     from ising_dist.train import TrainConfig
     return cfgmod.from_dict(TrainConfig, {
         "name": "bench", "data": str(data), "out": str(out), "model": model, "epochs": epochs,
         "batch_size": batch, "lr": lr, "workers": workers, "progress": False,
-        "max_failures": 0})
+        "max_failures": 0, "shm_allreduce": shm_allreduce})
+
+
+# the train runs of section 3: name → (workers, shm_allreduce)
+RUNS = {1: (1, True), 2: (2, True), "2g": (2, False)}
 
 
 def throughput(run_dir) -> float:
@@ -339,19 +344,20 @@ def main(argv=None) -> int:
         print(f"\n3. ising_dist.train, {args.epochs} epochs a run, runs interleaved, best of "
               f"{args.repeats} (median epoch after the first)", flush=True)
         print(f"   {'model':10} {'bare':>7} {'1 worker':>9} {'2 workers':>9} {'1w/bare':>7} "
-              f"{'2w/1w':>6} {'2w/1w by CPU':>12} {'Ray CPU cores 1w / 2w':>22}  load",
-              flush=True)
+              f"{'2w/1w':>6} {'2w/1w by CPU':>12} {'Ray CPU cores 1w / 2w':>22} "
+              f"{'2w gloo':>8} {'2w gloo/1w':>10}  load", flush=True)
         for name, model in models.items():
             row = results["models"][name]
-            runs, ray_cores, worker_cpu = {1: [], 2: []}, {1: [], 2: []}, {1: [], 2: []}
+            runs, ray_cores, worker_cpu = ({k: [] for k in RUNS} for _ in range(3))
             for rep in range(args.repeats):
                 # bare torch again next to the runs it is compared with: best of all
                 row["bare"] = max(row["bare"], bare_rate(train_set, model, fp["L"], args.batch,
                                                          lr)["samples_per_s"])
-                for w in (1, 2):
+                for w, (workers, shm) in RUNS.items():
                     out = tmp / f"{name}-{w}-{rep}"
                     with RayCPU(out) as mon:
-                        train.run(train_cfg(data, out, model, w, args.epochs, args.batch, lr))
+                        train.run(train_cfg(data, out, model, workers, args.epochs, args.batch,
+                                            lr, shm))
                     runs[w].append(throughput(out))
                     ray_cores[w].append(mon.epochs["ray"] if mon.epochs else float("nan"))
                     worker_cpu[w].append(mon.cpu_per_epoch["workers"] if mon.epochs
@@ -359,7 +365,7 @@ def main(argv=None) -> int:
                     row[f"ray_cores_by_process_{w}"] = {   # the last run's, busiest first
                         k: round(v, 4) for k, v in sorted(mon.epochs_by_name.items(),
                                                           key=lambda kv: -kv[1])}
-            for w in (1, 2):
+            for w in RUNS:
                 row[f"workers_{w}"] = max(runs[w])
                 row[f"workers_{w}_all"] = runs[w]
                 row[f"ray_cores_{w}"] = statistics.median(ray_cores[w])
@@ -370,10 +376,12 @@ def main(argv=None) -> int:
                                        / row["worker_cpu_s_per_epoch_2"])
             row["one_over_bare"] = row["workers_1"] / row["bare"]
             row["two_over_one"] = row["workers_2"] / row["workers_1"]
+            row["two_gloo_over_one"] = row["workers_2g"] / row["workers_1"]
             print(f"   {name:10} {row['bare']:7.0f} {row['workers_1']:9.0f} "
                   f"{row['workers_2']:9.0f} {row['one_over_bare']:7.2f} "
                   f"{row['two_over_one']:6.2f} {row['two_over_one_cpu']:12.2f} "
-                  f"{row['ray_cores_1']:13.2f} / {row['ray_cores_2']:.2f}      {load()}",
+                  f"{row['ray_cores_1']:13.2f} / {row['ray_cores_2']:.2f}      "
+                  f"{row['workers_2g']:8.0f} {row['two_gloo_over_one']:10.2f}  {load()}",
                   flush=True)
         print("\n   targets: 1w/bare ≥ 0.8 for every model; 2w/1w ≥ 1.6 for "
               + " and ".join(SCALING_TARGETS))
