@@ -127,4 +127,4 @@ def test_resume_may_change_is_declared_on_the_fields():
                                          "backend", "writer"}
     assert set(train.RESUME_MAY_CHANGE) == {
         "epochs", "workers", "gpus", "cpus_per_worker", "threads", "max_failures",
-        "keep_checkpoints", "progress", "out", "data", "chaos_kill_epoch"}
+        "keep_checkpoints", "progress", "out", "data", "chaos_kill_epoch", "shm_allreduce"}
