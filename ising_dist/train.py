@@ -323,7 +323,7 @@ def keep_freed_memory() -> bool:
     mallopt(M_TRIM_THRESHOLD, 1 GiB) keeps up to 1 GiB of freed heap top. Measured
     (benchmarks/training.py, section 2): under 100 faults a step; 1.03–1.08× the samples/s
     of the conv VAE, WGAN-GP and PixelCNN on one thread (1.40× for the conv VAE before its
-    transposed convs stopped copying, see models/nets.py _fold). Memory then stays at the
+    transposed convs stopped copying, see models/nets.py circular_fold). Memory then stays at the
     run's high-water mark. Source: mallopt(3)."""
     import ctypes
     import ctypes.util

@@ -1,14 +1,17 @@
 """Generative models: shapes, loss bookkeeping, real (tiny) training, files, configs, DDP."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ising_dist.models import (ModelConfig, build_model, evaluate_epoch, load_model, save_model,
                                train_epoch)
-from ising_dist.models.nets import PeriodicConvTranspose2d
+from ising_dist.models.nets import (PeriodicConv2d, PeriodicConvTranspose2d, circular_fold,
+                                    circular_pad)
 
 FAMILIES = ["ae", "vae", "cvae", "dcgan", "wgan-gp"]
 LIKELIHOOD = ["ae", "vae", "cvae"]
@@ -277,16 +280,56 @@ def test_evaluate_epoch_changes_nothing():
 
 # ---------------------------------------------------------------------- periodic convs
 def test_periodic_transposed_conv_is_adjoint_of_circular_conv_and_equivariant():
-    for k, n in ((3, 4), (5, 4), (3, 1), (5, 1), (5, 2)):   # n = 1, 2: overhang ≥ half the ring
-        conv = torch.nn.Conv2d(3, 2, k, stride=2, padding=k // 2, padding_mode="circular",
+    # 3 output channels: the matmul form (GEMM_MAX_CHANNELS); 8: torch's transposed conv
+    for (k, n), c in itertools.product(((3, 4), (5, 4), (3, 1), (5, 1), (5, 2)), (3, 8)):
+        # n = 1, 2: the overhang is at least half the ring
+        conv = torch.nn.Conv2d(c, 2, k, stride=2, padding=k // 2, padding_mode="circular",
                                bias=False)
-        up = PeriodicConvTranspose2d(2, 3, k)
+        up = PeriodicConvTranspose2d(2, c, k)
         up.conv.weight.data.copy_(conv.weight.data)
-        x, y = torch.randn(2, 3, 2 * n, 2 * n), torch.randn(2, 2, n, n)
+        x, y = torch.randn(2, c, 2 * n, 2 * n), torch.randn(2, 2, n, n)
         with torch.no_grad():
-            assert torch.allclose((conv(x) * y).sum(), (x * up(y)).sum(), atol=1e-4), (k, n)
+            assert torch.allclose((conv(x) * y).sum(), (x * up(y)).sum(), atol=1e-4), (k, n, c)
             shifted = up(torch.roll(y, (1, 1), dims=(2, 3)))
             assert torch.allclose(shifted, torch.roll(up(y), (2, 2), dims=(2, 3)), atol=1e-5)
+
+
+def test_circular_pad_and_fold_are_exact_adjoints_with_double_backward():
+    g = torch.Generator().manual_seed(0)
+    for N, before, after in ((8, 1, 1), (8, 2, 1), (2, 2, 2), (2, 5, 3), (1, 2, 0), (3, 7, 1)):
+        x = torch.randn(2, 3, N, N, dtype=torch.float64, generator=g, requires_grad=True)
+        y = circular_pad(x, before, after)
+        sites = torch.arange(-before, N + after) % N        # wraps more than once for pad > N
+        assert torch.equal(y, x[..., sites, :][..., sites]), (N, before, after)
+        if max(before, after) <= N:
+            assert torch.equal(y, F.pad(x, [before, after] * 2, mode="circular"))
+        w = torch.randn(y.shape, dtype=torch.float64, generator=g, requires_grad=True)
+        assert torch.allclose((y * w).sum(), (x * circular_fold(w, before, after)).sum())
+        assert torch.autograd.gradcheck(lambda t: circular_pad(t, before, after), (x,))
+        assert torch.autograd.gradgradcheck(lambda t: circular_pad(t, before, after), (x,))
+        assert torch.autograd.gradgradcheck(lambda t: circular_fold(t, before, after), (w,))
+
+
+def test_periodic_conv_matches_torch_circular_conv_in_both_paths():
+    """PeriodicConv2d against nn.Conv2d(padding_mode="circular") with the same weights:
+    outputs and the gradients of input and weights, for 1–2 input channels with the input's
+    gradient (the matmul form), without it, and for 16 channels (torch's conv)."""
+    g = torch.Generator().manual_seed(1)
+    for c_in, k, needs_grad in ((1, 5, True), (2, 5, True), (1, 5, False), (16, 3, True)):
+        ref = torch.nn.Conv2d(c_in, 6, k, stride=2, padding=k // 2, padding_mode="circular")
+        ours = PeriodicConv2d(c_in, 6, k, stride=2, padding=k // 2)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(4, c_in, 8, 8, generator=g)
+        outs, grads = [], []
+        for conv in (ref, ours):
+            xi = x.clone().requires_grad_(needs_grad)
+            out = conv(xi)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+            outs.append(out)
+            grads.append([xi.grad if needs_grad else None, conv.weight.grad, conv.bias.grad])
+        assert torch.allclose(outs[0], outs[1], atol=1e-5), (c_in, needs_grad)
+        for a, b in zip(*grads):
+            assert (a is None and b is None) or torch.allclose(a, b, atol=1e-4), (c_in, k)
 
 
 # ---------------------------------------------------------------------- files
