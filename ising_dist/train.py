@@ -74,8 +74,8 @@ class TrainConfig:
     A model with ``compile: true`` is torch.compiled on every worker (not GANs: their
     gradient penalty needs double backward, which compiled autograd lacks). Measured
     (benchmarks/training.py --compile, L = 16, batch 128, 1 thread; needs a C++ compiler):
-    ×1.37 on the MLP VAE after ~6 s of compiling, ×1.12 on the PixelCNN, ×0.78 (slower) on
-    the conv VAE.
+    ×1.36 on the MLP VAE after 2–6 s of compiling, ×1.12–1.14 on the PixelCNN, ×0.45 (slower)
+    on the conv VAE (×0.78 before its periodic convs went channels last, models/nets.py).
     """
     name: str = option("demo", "run name (the default run directory is runs/train/<name>)")
     data: str = option("runs/demo/pt.h5", "HDF5 file written by python -m ising_dist.pt "
@@ -295,11 +295,14 @@ def ddp_options(model: torch.nn.Module, gpus: float) -> dict:
     round trip (measured: 0.1 MB buckets cost more CPU a sample than one bucket). With every
     rank on one machine that all-reduce goes through shared memory, not gloo
     (ising_dist.allreduce, TrainConfig.shm_allreduce).
+    Gradients are views into that bucket (gradient_as_bucket_view), not copied into it and
+    back after the all-reduce: conv VAE, batch 64, one thread, 9.45 → 9.29 ms a step (9.17
+    without DDP).
     Buffers are not broadcast before each forward (forward_sync_buffers=False): every rank
     builds the same model from the same seed or checkpoint, and the only buffers (a VAE's
     fitted prior) change after training. GANs need find_unused_parameters (models/loop.py)."""
     grad_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    opts = {"forward_sync_buffers": False}
+    opts = {"forward_sync_buffers": False, "gradient_as_bucket_view": True}
     if gpus == 0:
         opts["bucket_cap_mb"] = max(1.0, grad_mb)
     if model.cfg.adversarial:
@@ -318,13 +321,14 @@ def keep_freed_memory() -> bool:
 
     With glibc's defaults a CPU step frees its activations and gradients (hundreds of KiB
     each) back to the kernel (munmap, or heap trimming) and maps them again the next step:
-    the conv VAE of benchmarks/training.py took 700–1 900 page faults a step on one thread.
+    the conv VAE of benchmarks/training.py takes 170–440 page faults a step at batch 64 on
+    one thread (700–1 900 before its convs went channels last, models/nets.py).
     mallopt(M_MMAP_THRESHOLD, 32 MiB) serves allocations below 32 MiB from the heap;
     mallopt(M_TRIM_THRESHOLD, 1 GiB) keeps up to 1 GiB of freed heap top. Measured
-    (benchmarks/training.py, section 2): under 100 faults a step; 1.03–1.08× the samples/s
-    of the conv VAE, WGAN-GP and PixelCNN on one thread (1.40× for the conv VAE before its
-    transposed convs stopped copying, see models/nets.py circular_fold). Memory then stays at the
-    run's high-water mark. Source: mallopt(3)."""
+    (benchmarks/training.py, section 2): 1–14 faults a step; 1.12× the samples/s of the
+    WGAN-GP on one thread, 0.99× (noise) for the VAEs and the PixelCNN (the conv VAE gained
+    1.40× before its transposed convs stopped copying, 1.03× before its convs went channels
+    last). Memory then stays at the run's high-water mark. Source: mallopt(3)."""
     import ctypes
     import ctypes.util
     name = ctypes.util.find_library("c")

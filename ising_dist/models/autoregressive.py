@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GenerativeModel, TLike
+from .base import GenerativeModel, TLike, adam
 from .config import SAMPLE_MODES, ModelConfig
 
 SAMPLE_CHUNK = 4096   # samples drawn together by sample(); bounds the feature caches' memory
@@ -426,4 +426,4 @@ class Autoregressive(GenerativeModel):
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         """[Adam over all parameters]."""
-        return [torch.optim.Adam(self.parameters(), lr=lr)]
+        return [adam(self.parameters(), lr)]

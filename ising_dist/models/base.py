@@ -14,6 +14,16 @@ TLike = Union[None, float, torch.Tensor]
 BATCH = 2048          # configurations per network call in generate / encode_spins
 
 
+def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+    """torch.optim.Adam (Kingma & Ba 2015) with fused=True: one kernel updates every
+    parameter, where the default CPU implementation runs a dozen small ops per parameter
+    tensor. Conv VAE (12 tensors), one thread: 0.38 → 0.10 ms a step alone, 0.3–0.5 ms less
+    in its 9–10 ms training step at batch 64 (cache effects). Same update rule, so results
+    agree with the unfused optimizer up to float rounding; optimizer state files load into
+    either. The GANs keep the unfused one (models/gan.py GAN.configure_optimizers)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+
+
 def spins_to_unit(spins) -> torch.Tensor:
     """±1 spins (numpy or torch, any shape and dtype) → float32 tensor in {0, 1} (s = +1 → 1),
     the networks' input convention (on the input's device; numpy → CPU)."""

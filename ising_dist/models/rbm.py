@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GenerativeModel, TLike
+from .base import GenerativeModel, TLike, adam
 from .condition import ladder_index
 from .config import ModelConfig
 
@@ -237,4 +237,4 @@ class RBM(GenerativeModel):
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         """[Adam over W, b, c]."""
-        return [torch.optim.Adam(self.parameters(), lr=lr)]
+        return [adam(self.parameters(), lr)]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import BATCH, GenerativeModel, TLike, spins_to_unit
+from .base import BATCH, GenerativeModel, TLike, adam, spins_to_unit
 from .condition import make_condition
 from .config import PRIORS, ModelConfig
 from .nets import make_decoder, make_encoder
@@ -229,4 +229,4 @@ class VAE(GenerativeModel):
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         """[Adam over all parameters]."""
-        return [torch.optim.Adam(self.parameters(), lr=lr)]
+        return [adam(self.parameters(), lr)]
