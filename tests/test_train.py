@@ -460,6 +460,7 @@ def test_a_cluster_that_dies_mid_run_ends_with_one_message_and_the_resume_comman
     own = _own_lines(stderr)
     assert proc.returncode == 1, stdout[-2000:] + stderr[-4000:]
     assert "Traceback" not in own and "ising_dist/train.py" not in own, own[-4000:]
+    assert "error: " in own, stdout[-2000:] + stderr[-6000:]
     message = own[own.index("error: "):]
     assert "Ray cluster" in message, message
     last = train.checkpoints(out)[-1]
