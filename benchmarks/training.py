@@ -315,6 +315,12 @@ def main(argv=None) -> int:
         print(f"   (loading the split into memory took {rates.pop('_load_s'):.2f} s)")
         for name, r in rates.items():
             print(f"   {name:45} {r:12.0f} samples/s {r / base:8.1f}x", flush=True)
+        # Ray Data's actors (its stats actor, autoscaling coordinator) outlive the measurement
+        # and wake every 10 ms like every actor: the train runs get a fresh local Ray, as a
+        # `python -m ising_dist.train` run does
+        import ray
+        ray.shutdown()
+        train.ensure_ray()
 
         print(f"\n2. bare torch, 1 thread, batch {args.batch} (load average {load()}): with "
               f"glibc malloc's defaults, then keeping freed memory as the workers do "

@@ -57,6 +57,7 @@ from typing import Any, Optional
 import torch
 
 from . import config as cfgmod
+from . import raydaemons
 from .allreduce import use_shared_memory
 from .config import ConfigError, option
 from .runlock import RunLock, RunLockedError
@@ -525,7 +526,8 @@ def ensure_ray(num_cpus: Optional[int] = None, verbose: bool = False) -> str:
     notice (token authentication stays on, Ray's default), the preemption watcher (a one-
     machine cluster is never drained; creating its actor logs an error line) are left out,
     and Ray Train's placement-group cleaner is pointed at this instance's own dashboard
-    (with "auto" it fails with a traceback when another Ray runs on the machine)."""
+    (with "auto" it fails with a traceback when another Ray runs on the machine). Its
+    daemons and Ray Train's helper actors run at SCHED_IDLE (ising_dist.raydaemons)."""
     import logging
 
     import ray
@@ -546,6 +548,7 @@ def ensure_ray(num_cpus: Optional[int] = None, verbose: bool = False) -> str:
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, log_to_driver=True,
              include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash,
              logging_level=level, runtime_env={"env_vars": env})
+    raydaemons.start()   # its daemons and helper actors yield the CPU to the workers
     return "local"
 
 

@@ -272,6 +272,34 @@ def test_keeping_freed_memory_ends_the_page_faults_of_each_step():
     assert got["after"] < got["default"] / 5, got
 
 
+def test_a_local_rays_daemons_yield_the_cpu_but_its_workers_do_not(ray_local):
+    """ising_dist.raydaemons on the local Ray of ensure_ray: the GCS, dashboard, log monitor
+    and the raylet's agents run at SCHED_IDLE; the raylet (its workers would inherit it) and a
+    pooled worker process (it may become a training worker) keep the normal policy."""
+    import ray
+
+    from ising_dist import raydaemons
+
+    @ray.remote
+    def policy():
+        return os.getpid(), os.sched_getscheduler(0)
+
+    worker, before = ray.get(policy.remote())
+    raydaemons.idle_ray_processes(os.getpid())       # what its thread does every 2 s
+    cls = {}   # program name → the policies of its processes
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        args = raydaemons._cmdline(pid).split()
+        with contextlib.suppress(OSError):
+            cls.setdefault(args[0].rsplit("/", 1)[-1] if args else "", []).append(
+                os.sched_getscheduler(pid))
+    assert os.sched_getscheduler(worker) == os.SCHED_OTHER
+    for name in ("gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent"):
+        assert os.SCHED_IDLE in cls.get(name, []), (name, cls)
+    assert cls["raylet"] and os.SCHED_IDLE not in cls["raylet"], cls["raylet"]
+    assert before == os.SCHED_OTHER
+    assert ray.get(policy.remote())[1] == os.SCHED_OTHER   # new and pooled workers alike
+
+
 def test_presets_resolve_against_a_real_file(pt_file):
     presets = sorted((ROOT / "configs/train").glob("*.yaml"))
     assert {p.stem for p in presets} >= {"demo", "vae-mlp", "vae-conv", "cvae", "wgan-gp"}
