@@ -10,7 +10,8 @@ cores, 8-epoch runs interleaved): the ranks' run-queue wait 7 % → 4.5 % of the
 involuntary switches 600 → 320–450 a second, 12 000 → 12 900 samples/s.
 
 Only for a Ray this process started itself (ising_dist.train.ensure_ray), and only for these
-of its descendants (found in /proc):
+of its descendants (found in /proc), starting from its children that run a program of the
+ray package (its other children, e.g. a subprocess of a test or a pipeline, are left alone):
 - everything outside the raylet's subtree (GCS, dashboard and its modules, log monitor,
   autoscaler monitor);
 - among the raylet's children, the processes whose title (the cmdline Ray gives a process)
@@ -22,6 +23,7 @@ process cannot leave SCHED_IDLE again without CAP_SYS_NICE.
 
 import os
 import threading
+import time
 from pathlib import Path
 
 PERIOD_S = 2.0            # how often new processes are looked for
@@ -57,7 +59,7 @@ def _loop() -> None:
     done: set = set()
     while True:
         done = idle_ray_processes(os.getpid(), done)
-        threading.Event().wait(PERIOD_S)
+        time.sleep(PERIOD_S)
 
 
 def idle_ray_processes(root: int, done: set = frozenset()) -> set:
@@ -72,7 +74,9 @@ def idle_ray_processes(root: int, done: set = frozenset()) -> set:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    chosen, todo = [], [(c, False) for c in children.get(root, [])]
+    import ray
+    ray_dir = os.path.dirname(ray.__file__) + os.sep
+    chosen, todo = [], [(c, False) for c in children.get(root, []) if ray_dir in _cmdline(c)]
     while todo:
         pid, under_raylet = todo.pop()
         name = _cmdline(pid)

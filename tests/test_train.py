@@ -275,7 +275,8 @@ def test_keeping_freed_memory_ends_the_page_faults_of_each_step():
 def test_a_local_rays_daemons_yield_the_cpu_but_its_workers_do_not(ray_local):
     """ising_dist.raydaemons on the local Ray of ensure_ray: the GCS, dashboard, log monitor
     and the raylet's agents run at SCHED_IDLE; the raylet (its workers would inherit it) and a
-    pooled worker process (it may become a training worker) keep the normal policy."""
+    pooled worker process (it may become a training worker) keep the normal policy, and so
+    does a child of this process that is not Ray's."""
     import ray
 
     from ising_dist import raydaemons
@@ -285,7 +286,10 @@ def test_a_local_rays_daemons_yield_the_cpu_but_its_workers_do_not(ray_local):
         return os.getpid(), os.sched_getscheduler(0)
 
     worker, before = ray.get(policy.remote())
-    raydaemons.idle_ray_processes(os.getpid())       # what its thread does every 2 s
+    with subprocess.Popen(["sleep", "60"]) as other:  # a child of this process, not Ray's
+        raydaemons.idle_ray_processes(os.getpid())   # what its thread does every 2 s
+        assert os.sched_getscheduler(other.pid) == os.SCHED_OTHER
+        other.kill()
     cls = {}   # program name → the policies of its processes
     for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
         args = raydaemons._cmdline(pid).split()
