@@ -273,8 +273,8 @@ def test_keeping_freed_memory_ends_the_page_faults_of_each_step():
 
 
 def test_a_local_rays_daemons_yield_the_cpu_but_its_workers_do_not(ray_local):
-    """ising_dist.raydaemons on the local Ray of ensure_ray: the GCS, dashboard, log monitor
-    and the raylet's agents run at SCHED_IDLE; the raylet (its workers would inherit it) and a
+    """ising_dist.raydaemons on the local Ray of ensure_ray: the GCS and the raylet's agents
+    run at SCHED_IDLE; the raylet (its workers would inherit it) and a
     pooled worker process (it may become a training worker) keep the normal policy, and so
     does a child of this process that is not Ray's."""
     import ray
