@@ -167,7 +167,7 @@ class RayCPU:
     driver while 2 conv-VAE workers train: 0.013 cores read every 0.5 s, 0.008–0.010 so).
     A process that exits between two rows keeps the CPU it had at the earlier one."""
 
-    PERIOD = 0.05   # s between looks at metrics.csv (its size, then its rows)
+    PERIOD = 0.05   # s between looks at metrics.csv (a few KiB, written atomically)
 
     def __init__(self, run_dir: Path):
         from ray._private import utils  # noqa: F401  (puts Ray's bundled psutil on sys.path)
@@ -215,17 +215,12 @@ class RayCPU:
         return out
 
     def _loop(self):
-        seen, size = 0, -1
+        seen = 0
         while not self.stop_event.wait(self.PERIOD):
-            try:
-                now = self.metrics.stat().st_size
-            except FileNotFoundError:
-                continue
-            if now != size:
-                size, rows = now, self._rows()
-                if rows != seen:
-                    seen = rows
-                    self._poll(rows)
+            rows = self._rows()
+            if rows != seen:
+                seen = rows
+                self._poll(rows)
 
     def __enter__(self):
         self.born_before = set()
