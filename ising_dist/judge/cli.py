@@ -63,8 +63,9 @@ def evaluate_all(cfg: EvaluateConfig) -> list[dict]:
             print(f"== {d} with {mp} → {sub}", flush=True)
         m = run(d, mp, sub, cfg.samples, progress=lambda s: print(s, flush=True), **kw)
         results.append(m)
+        fidelity = "n/a" if m["fidelity"] is None else f"{m['fidelity']:.4g}"
         print(f"report: {(sub / ('index.html' if cfg.pictures else 'metrics.json'))}"
-              f"  (physics fidelity {m['fidelity']})", flush=True)
+              f"  (physics fidelity {fidelity})", flush=True)
         print("\n".join(f"verdict: {v}" for v in m["verdicts"]) or
               f"verdict: no bias, T-dependence or diversity problem found (W1 within "
               f"{BIAS_RATIO:g} noise floors at every T)", flush=True)

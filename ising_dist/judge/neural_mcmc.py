@@ -191,7 +191,8 @@ def evaluate_nmcmc(model, metrics: dict, nmcmc_file=None, steps: int = 0, k: int
             out["cost"] = cost_rows([j for j, _ in rows], secs, [c for _, c in rows],
                                     train_seconds, amortise)
     for j in judged:
-        say(f"T={j['T']:.4f}: nmcmc acceptance {j['acceptance']:.3f}, tau {j['tau_int']}, "
+        tau = "n/a" if j["tau_int"] is None else f"{j['tau_int']:.4g}"
+        say(f"T={j['T']:.4f}: nmcmc acceptance {j['acceptance']:.3f}, tau {tau}, "
             f"ESS/n {j['ess_fraction']:.3g}, <e> {j['chain']['e'][0]:.4f} ± "
             f"{j['chain']['e'][1]:.4f} (exact {j['exact']['e']:.4f}), max |z| "
             f"{j['max_abs_z'] if j['max_abs_z'] is None else round(j['max_abs_z'], 2)}"
