@@ -17,6 +17,8 @@ Prints, measured in one run on one local Ray instance, all at global batch --bat
      worker / CPU of both: robust to other load, blind to time a rank waits); and the CPU
      that Ray's own processes (GCS, raylet, dashboard, agents, Train controller and helper
      actors, this driver) used while the workers trained (epochs 2…N), in cores;
+     For vae-conv and the PixelCNN also the machine's ceiling of 2 / 1 workers: two bare
+     processes at half the batch at once over one at the whole batch (no DDP, no Ray);
   4. with --tune, one Tune trial of the first model against the same run without Tune.
 Targets (issue 17): 1 worker ≥ 0.8 × bare for every model; 2 workers ≥ 1.6 × 1 worker for
 vae-conv and the PixelCNN (2 free cores). Other load on the machine lowers both: the load
@@ -151,6 +153,57 @@ def bare_rate(train_set, model_cfg: dict, L: int, batch: int, lr: float,
     out["samples_per_s"] = best_rate(lambda: train_epoch(model, data[:k], opts, "cpu"),
                                      sum(len(x) for x, _ in data[:k]))
     return out
+
+
+def _timed_bare(data: str, model_cfg: dict, batch: int, lr: float, seconds: float,
+                start, rates) -> None:
+    """In a process of its own: train_epoch over this rank's half (or all) of the in-memory
+    train split, 1 thread, freed memory kept as the workers keep it; after a warm-up, waits
+    at ``start`` (a Barrier) and puts the samples/s of the next ``seconds`` on ``rates``."""
+    import torch
+
+    from ising_dist.data import batches, make_datasets
+    from ising_dist.models import ModelConfig, build_model, train_epoch
+    from ising_dist.train import keep_freed_memory
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    sets, fp = make_datasets(data)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict({**model_cfg, "L": fp["L"]}))
+    opts = model.configure_optimizers(lr)
+    chunks = list(batches(sets["train"], batch))
+    chunks = [chunks[i:i + 5] for i in range(0, len(chunks), 5)]   # ~0.1 s each at batch 128
+    train_epoch(model, chunks[0], opts, "cpu")                    # warm-up
+    start.wait()
+    n, t0, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        train_epoch(model, chunks[i % len(chunks)], opts, "cpu")
+        n += sum(len(x) for x, _ in chunks[i % len(chunks)])
+        i += 1
+    rates.put(n / (time.perf_counter() - t0))
+
+
+def strong_scaling_ceiling(data: Path, model_cfg: dict, batch: int, lr: float,
+                           seconds: float = 5.0) -> tuple[float, float]:
+    """What 2 workers could reach on this machine without DDP or Ray: (samples/s of one bare
+    process at ``batch``, summed samples/s of two bare processes at ``batch // 2`` running at
+    once, started together after their warm-up). Their ratio bounds 2 workers / 1 worker at
+    a fixed global batch: it holds the smaller batch's lower efficiency and the two
+    processes' contention for caches, memory and the machine's other load."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    out = []
+    for procs, b in ((1, batch), (2, batch // 2)):
+        start, rates = ctx.Barrier(procs), ctx.Queue()
+        ps = [ctx.Process(target=_timed_bare, args=(str(data), model_cfg, b, lr, seconds,
+                                                    start, rates)) for _ in range(procs)]
+        for pr in ps:
+            pr.start()
+        got = [rates.get(timeout=600) for _ in ps]
+        for pr in ps:
+            pr.join()
+        out.append(sum(got))
+    return out[0], out[1]
 
 
 # ---------------------------------------------------------------------------------- 3. Ray
@@ -359,7 +412,12 @@ def main(argv=None) -> int:
         for name, model in models.items():
             row = results["models"][name]
             runs, ray_cores, worker_cpu = ({k: [] for k in RUNS} for _ in range(3))
+            ceiling = {"one": [], "two": []}
             for rep in range(args.repeats):
+                if name in SCALING_TARGETS:
+                    one, two = strong_scaling_ceiling(data, model, args.batch, lr)
+                    ceiling["one"].append(one)
+                    ceiling["two"].append(two)
                 # bare torch again next to the runs it is compared with: best of all
                 row["bare"] = max(row["bare"], bare_rate(train_set, model, fp["L"], args.batch,
                                                          lr)["samples_per_s"])
@@ -387,6 +445,10 @@ def main(argv=None) -> int:
             row["one_over_bare"] = row["workers_1"] / row["bare"]
             row["two_over_one"] = row["workers_2"] / row["workers_1"]
             row["two_gloo_over_one"] = row["workers_2g"] / row["workers_1"]
+            if ceiling["one"]:
+                row["ceiling_bare_one"], row["ceiling_bare_two"] = (max(ceiling["one"]),
+                                                                    max(ceiling["two"]))
+                row["ceiling_two_over_one"] = row["ceiling_bare_two"] / row["ceiling_bare_one"]
             print(f"   {name:10} {row['bare']:7.0f} {row['workers_1']:9.0f} "
                   f"{row['workers_2']:9.0f} {row['one_over_bare']:7.2f} "
                   f"{row['two_over_one']:6.2f} {row['two_over_one_cpu']:12.2f} "
@@ -395,6 +457,15 @@ def main(argv=None) -> int:
                   flush=True)
         print("\n   targets: 1w/bare ≥ 0.8 for every model; 2w/1w ≥ 1.6 for "
               + " and ".join(SCALING_TARGETS))
+        print(f"\n   the machine's ceiling of 2w/1w, no DDP or Ray: two bare processes at batch "
+              f"{args.batch // 2} at once / one at batch {args.batch} (5 s each, best of "
+              f"{args.repeats}, measured before each round of runs):")
+        for name in models:
+            row = results["models"][name]
+            if "ceiling_two_over_one" in row:
+                print(f"   {name:10} {row['ceiling_bare_two']:7.0f} / "
+                      f"{row['ceiling_bare_one']:5.0f} = {row['ceiling_two_over_one']:.2f}; "
+                      f"2w/1w is {row['two_over_one'] / row['ceiling_two_over_one']:.2f} of it")
         print("\n   CPU of processes other than the workers while 2 workers trained (cores, "
               "the last run of each model, ≥ 0.005):")
         for name in models:
