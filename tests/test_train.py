@@ -278,11 +278,20 @@ def test_keeping_freed_memory_ends_the_page_faults_of_each_step():
     assert got["after"] < got["default"] / 20, got
 
 
+def _cpu_cgroup(pid: int) -> str:
+    """The cpu-controller cgroup path of a process, as /proc/<pid>/cgroup gives it."""
+    lines = (Path("/proc") / str(pid) / "cgroup").read_text().splitlines()
+    by = {ctl: path for _, ctls, path in (line.split(":", 2) for line in lines)
+          for ctl in ctls.split(",")}
+    return by.get("cpu", by.get(""))
+
+
 def test_a_local_rays_daemons_yield_the_cpu_but_its_workers_do_not(ray_local):
     """ising_dist.raydaemons on the local Ray of ensure_ray: the GCS and the raylet's agents
-    run at SCHED_IDLE; the raylet (its workers would inherit it) and a
-    pooled worker process (it may become a training worker) keep the normal policy, and so
-    does a child of this process that is not Ray's."""
+    run at SCHED_IDLE and, where this process may make cgroups (root, as here and in CI), in
+    one cgroup with cpu.idle = 1; the raylet (its workers would inherit it) and a
+    pooled worker process (it may become a training worker) keep the normal policy and
+    cgroup, and so does a child of this process that is not Ray's."""
     import ray
 
     from ising_dist import raydaemons
@@ -292,9 +301,14 @@ def test_a_local_rays_daemons_yield_the_cpu_but_its_workers_do_not(ray_local):
         return os.getpid(), os.sched_getscheduler(0)
 
     worker, before = ray.get(policy.remote())
+    group = raydaemons.current_group()
+    parent = raydaemons._cpu_cgroup_dir()
+    if parent is not None and os.access(parent, os.W_OK):
+        assert group is not None and (group / "cpu.idle").read_text().strip() == "1", group
     with subprocess.Popen(["sleep", "60"]) as other:  # a child of this process, not Ray's
-        raydaemons.idle_ray_processes(os.getpid())   # what its thread does every 2 s
+        raydaemons.idle_ray_processes(os.getpid(), group=group)  # what its thread does
         assert os.sched_getscheduler(other.pid) == os.SCHED_OTHER
+        assert _cpu_cgroup(other.pid) == _cpu_cgroup(os.getpid())
         other.kill()
     cls = {}   # program name → the policies of its processes
     for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
@@ -305,6 +319,16 @@ def test_a_local_rays_daemons_yield_the_cpu_but_its_workers_do_not(ray_local):
     assert os.sched_getscheduler(worker) == os.SCHED_OTHER
     for name in ("gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent"):
         assert os.SCHED_IDLE in cls.get(name, []), (name, cls)
+    if group is not None:
+        own = _cpu_cgroup(os.getpid())
+        assert _cpu_cgroup(worker) == own
+        daemons = [pid for pid in (int(p) for p in os.listdir("/proc") if p.isdigit())
+                   if raydaemons._cmdline(pid).startswith(("ray::DashboardAgent",
+                                                           "ray::RuntimeEnvAgent"))
+                   or raydaemons._cmdline(pid).split(" ")[0].endswith("/gcs_server")]
+        assert daemons
+        for pid in daemons:
+            assert _cpu_cgroup(pid).rstrip("/").endswith("/" + group.name), (pid, group)
     assert cls["raylet"] and os.SCHED_IDLE not in cls["raylet"], cls["raylet"]
     assert before == os.SCHED_OTHER
     assert ray.get(policy.remote())[1] == os.SCHED_OTHER   # new and pooled workers alike
