@@ -527,7 +527,9 @@ def ensure_ray(num_cpus: Optional[int] = None, verbose: bool = False) -> str:
     machine cluster is never drained; creating its actor logs an error line) are left out,
     and Ray Train's placement-group cleaner is pointed at this instance's own dashboard
     (with "auto" it fails with a traceback when another Ray runs on the machine). Its
-    daemons and Ray Train's helper actors run at SCHED_IDLE (ising_dist.raydaemons)."""
+    daemons and Ray Train's helper actors run at SCHED_IDLE, in one cgroup with cpu.idle where
+    one can be made, and those that outlive Ray's shutdown are killed at exit
+    (ising_dist.raydaemons)."""
     import logging
 
     import ray
