@@ -27,8 +27,8 @@ cpu; kernel ≥ 5.15 for cpu.idle), the same processes also go into one cgroup w
 (``ising_dist-ray-<pid>``): the whole group then weighs what one idle thread weighs
 (sched(7), Documentation/admin-guide/cgroup-v2.rst "cpu.idle"). Measured (conv VAE, 2 workers
 on 2 cores, 6-epoch runs, 7 interleaved pairs): 7 400–8 900 → 8 000–10 600 samples/s, faster in
-every pair (1.01–1.23×, mean 1.14×). Elsewhere SCHED_IDLE alone applies. Empty groups of
-earlier runs are removed when the next one starts.
+every pair (1.01–1.23×, mean 1.14×). Elsewhere SCHED_IDLE alone applies. The group is removed
+at exit; one left by a process that was killed goes when the next one starts.
 """
 
 import atexit
@@ -157,8 +157,10 @@ def idle_group() -> Optional[Path]:
     if parent is None:
         return None
     for old in parent.glob(GROUP_PREFIX + "*"):
+        if (PROC / old.name.removeprefix(GROUP_PREFIX)).exists():
+            continue                    # its process still runs
         try:
-            old.rmdir()                 # fails while processes are in it (a live run's)
+            old.rmdir()                 # fails while processes are in it
         except OSError:
             pass
     group = parent / f"{GROUP_PREFIX}{os.getpid()}"
