@@ -52,7 +52,7 @@ _swept = threading.Lock()
 _thread = None
 _group: Optional[Path] = None
 _done: set = set()        # (pid, tid) set to SCHED_IDLE
-_found: dict = {}         # pid → cmdline of the daemons and helpers seen
+_found: dict = {}         # pid → start time of the daemons and helpers seen
 
 
 def supported() -> bool:
@@ -94,7 +94,7 @@ def _sweep() -> None:
         _done = idle_ray_processes(os.getpid(), _done, _group)
         for pid, _ in _done:
             if pid not in _found:
-                _found[pid] = _cmdline(pid)
+                _found[pid] = _start_time(pid)
 
 
 def _at_exit() -> None:
@@ -107,8 +107,8 @@ def _at_exit() -> None:
     ray.shutdown()
     deadline = time.monotonic() + EXIT_WAIT_S
     alive = dict(_found)
-    while alive:
-        alive = {pid: cmd for pid, cmd in alive.items() if cmd and _cmdline(pid) == cmd}
+    while alive:   # the same process: same pid and start time (its title changes, "….run")
+        alive = {pid: t for pid, t in alive.items() if t and _start_time(pid) == t}
         if not alive or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -221,6 +221,15 @@ def idle_ray_processes(root: int, done: set = frozenset(),
                     continue
             now.add((pid, tid))
     return now
+
+
+def _start_time(pid: int) -> int:
+    """A process's start time (clock ticks after boot, /proc/<pid>/stat field 22), 0 if gone:
+    with the pid, it names one process (pids are reused)."""
+    try:
+        return int((PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _cmdline(pid: int) -> str:
