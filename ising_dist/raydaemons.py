@@ -100,7 +100,7 @@ def _sweep() -> None:
 def _at_exit() -> None:
     """At interpreter exit: shut the local Ray down, then SIGKILL the daemons and helper
     actors found by the sweeps that outlive it by EXIT_WAIT_S (a ray::TrainController was
-    seen to run on for hours, reparented to init, after its raylet had gone), and remove the
+    seen to run on for 23 minutes, reparented to init, after its raylet had gone), and remove the
     idle cgroup."""
     import ray
     _sweep()                            # helpers started since the last sweep
