@@ -57,7 +57,7 @@ from typing import Any, Optional
 import torch
 
 from . import config as cfgmod
-from . import raydaemons
+from . import deathwatch, raydaemons
 from .allreduce import use_shared_memory
 from .config import ConfigError, option
 from .runlock import RunLock, RunLockedError
@@ -838,17 +838,17 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 CLUSTER_GRACE_S = 10.0   # the GCS unreachable this long: the cluster is gone (Ray gives up at 60)
 
 
-def resume_command(cfg: TrainConfig) -> str:
-    return f"python -m ising_dist.train --out {cfg.run_dir} --resume"
+def resume_command(run_dir: Path) -> str:
+    return f"python -m ising_dist.train --out {run_dir} --resume"
 
 
-def stopped_message(cfg: TrainConfig, what: str) -> str:
-    """What happened, the newest checkpoint of the run, and the command that continues it."""
-    run_dir = cfg.run_dir
+def stopped_message(run_dir: Path, epochs: int, what: str) -> str:
+    """What happened, the newest checkpoint of the run in ``run_dir`` (``epochs`` in all), and
+    the command that continues it."""
     found = checkpoints(run_dir)
     if found:
         where = (f"last checkpoint: {found[-1]} (epoch {load_state(found[-1])['epoch']} of "
-                 f"{cfg.epochs})\ncontinue with:\n  {resume_command(cfg)}")
+                 f"{epochs})\ncontinue with:\n  {resume_command(run_dir)}")
     else:
         where = (f"no checkpoint was written to {run_dir}; start the run again (remove that "
                  f"directory, or give another --out)")
@@ -858,20 +858,23 @@ def stopped_message(cfg: TrainConfig, what: str) -> str:
     return f"error: {what}\n{where}{cluster}"
 
 
-def _watch_cluster(cfg: TrainConfig, stop, interval: float = 1.0) -> None:
-    """Driver-side watchdog (a daemon thread of main): once Ray is up, TCP-connect to the
-    cluster's GCS every ``interval`` s. If it stays unreachable for CLUSTER_GRACE_S, print
-    stopped_message and end the process with exit code 1: without this the driver waits in
-    fit() until Ray's own core worker exits it after 60 s with a log line and no advice."""
-    import socket
+def _watch_cluster(cfg: TrainConfig, stop, watch: deathwatch.Watch,
+                   interval: float = 1.0) -> None:
+    """Driver-side watchdog (a daemon thread of main): once Ray is up, tell ``watch`` the
+    cluster's GCS address and TCP-connect to it every ``interval`` s. If it stays unreachable
+    for CLUSTER_GRACE_S, print stopped_message and end the process with exit code 1: without
+    this the driver waits in fit() until Ray's own core worker exits it after 60 s (or at
+    once, when its local raylet has gone: then the watcher prints the message)."""
     import ray
     while not stop.wait(interval):
         if not ray.is_initialized():
             continue
         try:
-            host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+            address = ray.get_runtime_context().gcs_address
         except Exception:  # noqa: BLE001 — not connected yet (or shutting down): look again
             continue
+        watch.tell_gcs(address)
+        host, port = address.rsplit(":", 1)
         lost = None
         while not stop.is_set():
             try:
@@ -880,9 +883,11 @@ def _watch_cluster(cfg: TrainConfig, stop, interval: float = 1.0) -> None:
             except OSError:
                 lost = lost or time.monotonic()
                 if time.monotonic() - lost >= CLUSTER_GRACE_S:
-                    print(stopped_message(cfg, f"the Ray cluster stopped during the run (its "
-                                               f"GCS at {host}:{port} is unreachable)"),
+                    print(stopped_message(cfg.run_dir, cfg.epochs,
+                                          f"the Ray cluster stopped during the run (its GCS "
+                                          f"at {address} is unreachable)"),
                           file=sys.stderr, flush=True)
+                    watch.done()
                     os._exit(1)
             stop.wait(interval)
         return
@@ -890,17 +895,30 @@ def _watch_cluster(cfg: TrainConfig, stop, interval: float = 1.0) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stop = threading.Event()
     try:
         cfg = resolve_config(args)
-        threading.Thread(target=_watch_cluster, args=(cfg, stop), daemon=True,
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    watch = deathwatch.start(cfg.run_dir, cfg.epochs)   # speaks if this process dies mute
+    try:
+        return _main(args, cfg, watch)
+    finally:
+        watch.done()
+
+
+def _main(args: argparse.Namespace, cfg: TrainConfig, watch: deathwatch.Watch) -> int:
+    """main, once the configuration is known; returns the exit code."""
+    stop = threading.Event()
+    try:
+        threading.Thread(target=_watch_cluster, args=(cfg, stop, watch), daemon=True,
                          name="cluster-watch").start()
         summary = run(cfg, resume=args.resume, verbose=args.verbose, stop_on_signals=True)
     except (ConfigError, ValueError, RunLockedError) as exc:  # DataError, StoreError: ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(stopped_message(cfg, str(exc)), file=sys.stderr, flush=True)
+        print(stopped_message(cfg.run_dir, cfg.epochs, str(exc)), file=sys.stderr, flush=True)
         return 1
     except Exception as exc:  # noqa: BLE001 — a failed Ray run: say so without a traceback wall
         from ray.exceptions import RayError
@@ -912,13 +930,13 @@ def main(argv=None) -> int:
             what = f"the Ray cluster failed during the run ({type(exc).__name__}: {first})"
         else:
             raise
-        print(stopped_message(cfg, what), file=sys.stderr, flush=True)
+        print(stopped_message(cfg.run_dir, cfg.epochs, what), file=sys.stderr, flush=True)
         return 1
     finally:
         stop.set()
     if summary["stopped"]:   # SIGTERM/SIGINT: the newest checkpoint is this epoch's
         print(f"stopped after epoch {summary['epoch']}/{cfg.epochs} with a checkpoint; "
-              f"continue with:\n  {resume_command(cfg)}", flush=True)
+              f"continue with:\n  {resume_command(cfg.run_dir)}", flush=True)
         return 0
     m = summary["metrics"]
     vals = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k.startswith("val_"))
