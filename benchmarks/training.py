@@ -18,7 +18,9 @@ Prints, measured in one run on one local Ray instance, all at global batch --bat
      that Ray's own processes (GCS, raylet, dashboard, agents, Train controller and helper
      actors, this driver) used while the workers trained (epochs 2…N), in cores;
      For vae-conv and the PixelCNN also the machine's ceiling of 2 / 1 workers: two bare
-     processes at half the batch at once over one at the whole batch (no DDP, no Ray);
+     processes at half the batch at once over one at the whole batch (no DDP, no Ray), and
+     the free cores: the same ratio for a loop that touches no memory (2.00 on two free
+     cores; a busy host or shared vCPUs give less);
   4. with --tune, one Tune trial of the first model against the same run without Tune.
 Targets (issue 17): 1 worker ≥ 0.8 × bare for every model; 2 workers ≥ 1.6 × 1 worker for
 vae-conv and the PixelCNN (2 free cores). Other load on the machine lowers both: the load
@@ -184,6 +186,23 @@ def _timed_bare(data: str, model_cfg: dict, batch: int, lr: float, seconds: floa
 
 
 CEILING_S = 5.0   # s each process of strong_scaling_ceiling is timed
+CORES_S = 2.0     # s each process of core_ratio is timed
+
+
+def _together(target, args: tuple, procs: int) -> float:
+    """Run ``target(*args, start, rates)`` in ``procs`` spawned processes that start their
+    timed part together (``start``: a Barrier) and each put one rate on ``rates``; returns
+    the sum of their rates."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    start, rates = ctx.Barrier(procs), ctx.Queue()
+    ps = [ctx.Process(target=target, args=(*args, start, rates)) for _ in range(procs)]
+    for pr in ps:
+        pr.start()
+    got = [rates.get(timeout=600) for _ in ps]
+    for pr in ps:
+        pr.join()
+    return sum(got)
 
 
 def strong_scaling_ceiling(data: Path, model_cfg: dict, batch: int, lr: float,
@@ -193,20 +212,29 @@ def strong_scaling_ceiling(data: Path, model_cfg: dict, batch: int, lr: float,
     once, started together after their warm-up). Their ratio bounds 2 workers / 1 worker at
     a fixed global batch: it holds the smaller batch's lower efficiency and the two
     processes' contention for caches, memory and the machine's other load."""
-    import multiprocessing as mp
-    ctx = mp.get_context("spawn")
-    out = []
-    for procs, b in ((1, batch), (2, batch // 2)):
-        start, rates = ctx.Barrier(procs), ctx.Queue()
-        ps = [ctx.Process(target=_timed_bare, args=(str(data), model_cfg, b, lr, seconds,
-                                                    start, rates)) for _ in range(procs)]
-        for pr in ps:
-            pr.start()
-        got = [rates.get(timeout=600) for _ in ps]
-        for pr in ps:
-            pr.join()
-        out.append(sum(got))
-    return out[0], out[1]
+    return (_together(_timed_bare, (str(data), model_cfg, batch, lr, seconds), 1),
+            _together(_timed_bare, (str(data), model_cfg, batch // 2, lr, seconds), 2))
+
+
+def _spin(seconds: float, start, rates) -> None:
+    """In a process of its own: a pure-Python integer loop (its data stays in the L1 cache)
+    for ``seconds`` after ``start``; puts its iterations/s on ``rates``."""
+    start.wait()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x = 0
+        for i in range(20_000):
+            x += i ^ n
+        n += 20_000
+    rates.put(n / (time.perf_counter() - t0))
+
+
+def core_ratio(seconds: float = CORES_S) -> float:
+    """How many free cores the machine gives two processes at this moment: the summed rate of
+    two processes of the loop of :func:`_spin` at once over one alone. 2.0 on two free cores;
+    less where the cores are shared (other load; a virtual machine's vCPUs on a busy host,
+    or on the two hardware threads of one core)."""
+    return _together(_spin, (seconds,), 2) / _together(_spin, (seconds,), 1)
 
 
 # ---------------------------------------------------------------------------------- 3. Ray
@@ -415,12 +443,13 @@ def main(argv=None) -> int:
         for name, model in models.items():
             row = results["models"][name]
             runs, ray_cores, worker_cpu = ({k: [] for k in RUNS} for _ in range(3))
-            ceiling = {"one": [], "two": []}
+            ceiling = {"one": [], "two": [], "cores": []}
             for rep in range(args.repeats):
                 if name in SCALING_TARGETS:
                     one, two = strong_scaling_ceiling(data, model, args.batch, lr)
                     ceiling["one"].append(one)
                     ceiling["two"].append(two)
+                    ceiling["cores"].append(core_ratio())
                 # bare torch again next to the runs it is compared with: best of all
                 row["bare"] = max(row["bare"], bare_rate(train_set, model, fp["L"], args.batch,
                                                          lr)["samples_per_s"])
@@ -452,6 +481,7 @@ def main(argv=None) -> int:
                 row["ceiling_bare_one"], row["ceiling_bare_two"] = (max(ceiling["one"]),
                                                                     max(ceiling["two"]))
                 row["ceiling_two_over_one"] = row["ceiling_bare_two"] / row["ceiling_bare_one"]
+                row["free_cores_all"] = ceiling["cores"]
             print(f"   {name:10} {row['bare']:7.0f} {row['workers_1']:9.0f} "
                   f"{row['workers_2']:9.0f} {row['one_over_bare']:7.2f} "
                   f"{row['two_over_one']:6.2f} {row['two_over_one_cpu']:12.2f} "
@@ -469,7 +499,11 @@ def main(argv=None) -> int:
             row = results["models"][name]
             print(f"   {name:10} {row['ceiling_bare_two']:7.0f} / "
                   f"{row['ceiling_bare_one']:5.0f} = {row['ceiling_two_over_one']:.2f}; "
-                  f"2w/1w is {row['two_over_one'] / row['ceiling_two_over_one']:.2f} of it")
+                  f"2w/1w is {row['two_over_one'] / row['ceiling_two_over_one']:.2f} of it; "
+                  f"free cores " + ", ".join(f"{c:.2f}" for c in row["free_cores_all"]))
+        if ceilings:
+            print(f"   (free cores: two processes of a pure-Python loop at once / one alone, "
+                  f"{CORES_S:.0f} s each, measured with each ceiling; 2.00 = two free cores)")
         print("\n   CPU of processes other than the workers while 2 workers trained (cores, "
               "the last run of each model, ≥ 0.005):")
         for name in models:

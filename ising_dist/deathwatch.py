@@ -1,5 +1,10 @@
-"""A small process that outlives the training driver, to say what happened when the driver
-dies without a word.
+"""The last word of a driver (``python -m ising_dist.train`` or ``ising_dist.tune``) whose Ray
+cluster dies under it, or that dies itself: what happened and the ``--resume`` command.
+
+:func:`watch_cluster` (a thread of the driver) TCP-connects to the cluster's GCS every
+second; unreachable for CLUSTER_GRACE_S, it prints the driver's stopped message and ends the
+process with exit code 1. Without it the driver waits until Ray's core worker exits it after
+60 s with a log line and no advice.
 
 Ray's core worker ends a driver whose local raylet has gone with ``_Exit(1)`` ("Exiting
 because the Raylet IPC connection failed and the local Raylet is dead"): no Python handler,
@@ -11,17 +16,21 @@ for SIGKILL (an out-of-memory kill, ``kill -9``). :func:`start` spawns
   ``done`` when it has said its own last word (:meth:`Watch.done`: normal end, error message
   printed, stop after a signal);
 - if the pipe closes without ``done`` (every writer is gone: the driver died), the watcher
-  prints :func:`ising_dist.train.stopped_message` to the shared stderr: what happened (the
-  cluster stopped, when its GCS no longer answers; otherwise the driver was killed), the last
-  checkpoint and the ``--resume`` command.
+  prints the driver's stopped message (:func:`ising_dist.train.stopped_message`,
+  :func:`ising_dist.tune.stopped_message`) to the shared stderr: what happened (the cluster
+  stopped, when its GCS no longer answers; otherwise the driver was killed), where the run
+  stands and the ``--resume`` command.
 
 The watcher ignores SIGINT, SIGTERM and SIGHUP (Ctrl-C and Slurm signal every process; the
 driver handles them and then says ``done``), and reads nothing but the pipe. The pipe's write
 end is not inherited by the driver's subprocesses (PEP 446), so no other process keeps the
 watcher waiting.
+
+A driver runs its work inside :func:`guard`, which starts both and ends them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -31,6 +40,7 @@ import threading
 import time
 from pathlib import Path
 
+CLUSTER_GRACE_S = 10.0  # the GCS unreachable this long: the cluster is gone (Ray gives up at 60)
 GCS_TRIES = 3           # connection attempts to the GCS before calling the cluster gone
 GCS_RETRY_S = 0.5       # between them
 DONE = b"done\n"
@@ -71,17 +81,64 @@ class Watch:
             self._proc.kill()
 
 
-def start(run_dir: Path, epochs: int) -> Watch:
-    """Spawn the watcher of this process, for the run in ``run_dir`` (``epochs`` epochs in
-    all). Call :meth:`Watch.done` once this process has printed its own last word."""
+DRIVERS = ("train", "tune")
+
+
+def start(driver: str, *args) -> Watch:
+    """Spawn the watcher of this process, a ``driver`` of :data:`DRIVERS`; ``args`` are those
+    of its stopped message (:func:`message`). Call :meth:`Watch.done` once this process has
+    printed its own last word."""
+    if driver not in DRIVERS:
+        raise ValueError(f"driver {driver!r}: use one of {DRIVERS}")
     r, w = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ising_dist.deathwatch", str(r), str(run_dir), str(epochs),
-             str(os.getpid())], pass_fds=(r,), stdin=subprocess.DEVNULL)
+            [sys.executable, "-m", "ising_dist.deathwatch", str(r), str(os.getpid()), driver,
+             *map(str, args)], pass_fds=(r,), stdin=subprocess.DEVNULL)
     finally:
         os.close(r)
     return Watch(proc, w)
+
+
+def message(driver: str, args: list[str], what: str) -> str:
+    """The stopped message of ``driver`` with ``args`` as :func:`start` was given them:
+    train: run directory, epochs; tune: output directory."""
+    if driver == "train":
+        from .train import stopped_message   # torch and all: only when there is something to say
+        return stopped_message(Path(args[0]), int(args[1]), what)
+    from .tune import stopped_message
+    return stopped_message(Path(args[0]), what)
+
+
+def watch_cluster(stop: threading.Event, watch: Watch, say, interval: float = 1.0) -> None:
+    """The driver's watchdog (a daemon thread): once Ray is up, tell ``watch`` the cluster's
+    GCS address and TCP-connect to it every ``interval`` s until ``stop`` is set. If it stays
+    unreachable for CLUSTER_GRACE_S, print ``say(what)`` to stderr and end the process with
+    exit code 1."""
+    import ray
+    while not stop.wait(interval):
+        if not ray.is_initialized():
+            continue
+        try:
+            address = ray.get_runtime_context().gcs_address
+        except Exception:  # noqa: BLE001 — not connected yet (or shutting down): look again
+            continue
+        watch.tell_gcs(address)
+        host, port = address.rsplit(":", 1)
+        lost = None
+        while not stop.is_set():
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                lost = None
+            except OSError:
+                lost = lost or time.monotonic()
+                if time.monotonic() - lost >= CLUSTER_GRACE_S:
+                    print(say(f"the Ray cluster stopped during the run (its GCS at {address} "
+                              f"is unreachable)"), file=sys.stderr, flush=True)
+                    watch.done()
+                    os._exit(1)
+            stop.wait(interval)
+        return
 
 
 def _reachable(address: str) -> bool:
@@ -102,11 +159,26 @@ def cause(gcs: str | None, pid: int) -> str:
     if gcs and not _reachable(gcs):
         return (f"the Ray cluster stopped during the run (its GCS at {gcs} is unreachable, "
                 f"and Ray ended the driver, pid {pid})")
-    return (f"the training driver (pid {pid}) ended without a word: killed by a signal (an "
+    return (f"the driver (pid {pid}) ended without a word: killed by a signal (an "
             f"out-of-memory kill?) or by Ray (see the lines above)")
 
 
-def watch(fd: int, run_dir: Path, epochs: int, pid: int) -> int:
+@contextlib.contextmanager
+def guard(driver: str, *args, say):
+    """While the block runs: a watcher (:func:`start`, ``driver`` and ``args``) and the
+    cluster watchdog (:func:`watch_cluster`, ``say``: what → the driver's stopped message).
+    The block's own last word is printed inside it; on leaving, the watcher ends silently."""
+    watch, stop = start(driver, *args), threading.Event()
+    threading.Thread(target=watch_cluster, args=(stop, watch, say), daemon=True,
+                     name="cluster-watch").start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watch.done()
+
+
+def watch(fd: int, pid: int, driver: str, args: list[str]) -> int:
     """The watcher: read the pipe ``fd`` until ``done`` (return 0 silently) or its end (print
     the stopped message; return 1)."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -118,13 +190,12 @@ def watch(fd: int, run_dir: Path, epochs: int, pid: int) -> int:
                 return 0
             if line.startswith(b"gcs "):
                 gcs = line[4:].decode().strip()
-    from .train import stopped_message   # torch and all: only when there is something to say
     try:
-        print(stopped_message(run_dir, epochs, cause(gcs, pid)), file=sys.stderr, flush=True)
+        print(message(driver, args, cause(gcs, pid)), file=sys.stderr, flush=True)
     except OSError:   # the terminal went with the driver (SIGHUP)
         pass
     return 1
 
 
 if __name__ == "__main__":
-    sys.exit(watch(int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+    sys.exit(watch(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]))

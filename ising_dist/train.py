@@ -835,9 +835,6 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
                       " or --resume --out RUN_DIR")
 
 
-CLUSTER_GRACE_S = 10.0   # the GCS unreachable this long: the cluster is gone (Ray gives up at 60)
-
-
 def resume_command(run_dir: Path) -> str:
     return f"python -m ising_dist.train --out {run_dir} --resume"
 
@@ -852,45 +849,14 @@ def stopped_message(run_dir: Path, epochs: int, what: str) -> str:
     else:
         where = (f"no checkpoint was written to {run_dir}; start the run again (remove that "
                  f"directory, or give another --out)")
-    cluster = (f"\n(RAY_ADDRESS={os.environ['RAY_ADDRESS']}: bring that cluster back up "
-               f"first, or unset RAY_ADDRESS to continue on a local Ray)"
-               if os.environ.get("RAY_ADDRESS") else "")
-    return f"error: {what}\n{where}{cluster}"
+    return f"error: {what}\n{where}{cluster_hint()}"
 
 
-def _watch_cluster(cfg: TrainConfig, stop, watch: deathwatch.Watch,
-                   interval: float = 1.0) -> None:
-    """Driver-side watchdog (a daemon thread of main): once Ray is up, tell ``watch`` the
-    cluster's GCS address and TCP-connect to it every ``interval`` s. If it stays unreachable
-    for CLUSTER_GRACE_S, print stopped_message and end the process with exit code 1: without
-    this the driver waits in fit() until Ray's own core worker exits it after 60 s (or at
-    once, when its local raylet has gone: then the watcher prints the message)."""
-    import ray
-    while not stop.wait(interval):
-        if not ray.is_initialized():
-            continue
-        try:
-            address = ray.get_runtime_context().gcs_address
-        except Exception:  # noqa: BLE001 — not connected yet (or shutting down): look again
-            continue
-        watch.tell_gcs(address)
-        host, port = address.rsplit(":", 1)
-        lost = None
-        while not stop.is_set():
-            try:
-                socket.create_connection((host, int(port)), timeout=2).close()
-                lost = None
-            except OSError:
-                lost = lost or time.monotonic()
-                if time.monotonic() - lost >= CLUSTER_GRACE_S:
-                    print(stopped_message(cfg.run_dir, cfg.epochs,
-                                          f"the Ray cluster stopped during the run (its GCS "
-                                          f"at {address} is unreachable)"),
-                          file=sys.stderr, flush=True)
-                    watch.done()
-                    os._exit(1)
-            stop.wait(interval)
-        return
+def cluster_hint() -> str:
+    """Under RAY_ADDRESS, a line on which cluster a resumed run would use; else ""."""
+    return (f"\n(RAY_ADDRESS={os.environ['RAY_ADDRESS']}: bring that cluster back up first, "
+            f"or unset RAY_ADDRESS to continue on a local Ray)"
+            if os.environ.get("RAY_ADDRESS") else "")
 
 
 def main(argv=None) -> int:
@@ -900,19 +866,14 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    watch = deathwatch.start(cfg.run_dir, cfg.epochs)   # speaks if this process dies mute
-    try:
-        return _main(args, cfg, watch)
-    finally:
-        watch.done()
+    with deathwatch.guard("train", cfg.run_dir, cfg.epochs,
+                          say=functools.partial(stopped_message, cfg.run_dir, cfg.epochs)):
+        return _main(args, cfg)
 
 
-def _main(args: argparse.Namespace, cfg: TrainConfig, watch: deathwatch.Watch) -> int:
+def _main(args: argparse.Namespace, cfg: TrainConfig) -> int:
     """main, once the configuration is known; returns the exit code."""
-    stop = threading.Event()
     try:
-        threading.Thread(target=_watch_cluster, args=(cfg, stop, watch), daemon=True,
-                         name="cluster-watch").start()
         summary = run(cfg, resume=args.resume, verbose=args.verbose, stop_on_signals=True)
     except (ConfigError, ValueError, RunLockedError) as exc:  # DataError, StoreError: ValueErrors
         print(f"error: {exc}", file=sys.stderr)
@@ -932,8 +893,6 @@ def _main(args: argparse.Namespace, cfg: TrainConfig, watch: deathwatch.Watch) -
             raise
         print(stopped_message(cfg.run_dir, cfg.epochs, what), file=sys.stderr, flush=True)
         return 1
-    finally:
-        stop.set()
     if summary["stopped"]:   # SIGTERM/SIGINT: the newest checkpoint is this epoch's
         print(f"stopped after epoch {summary['epoch']}/{cfg.epochs} with a checkpoint; "
               f"continue with:\n  {resume_command(cfg.run_dir)}", flush=True)

@@ -21,11 +21,15 @@ The output directory (default runs/tune/<name>) holds:
                         under train/); ``--resume`` continues a stopped search (Tuner.restore)
     results.csv, results.md   every trial: hyperparameters, final metrics, score, rank
     best/model.pt, best/config.yaml   the best trial's final model and its train config
+A Ray cluster that dies under the search, or a driver that Ray ends without a word, ends
+it with exit code 1 and one message: the trials finished and the ``--resume`` command
+(ising_dist.deathwatch).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import os
 import shutil
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import config as cfgmod
+from . import deathwatch
 from . import train as trainmod
 from .config import ConfigError, option
 from .runlock import RunLock, RunLockedError
@@ -407,19 +412,53 @@ def resolve_config(args) -> SearchConfig:
                       "or --resume --out SEARCH_DIR")
 
 
+def resume_command(out_dir: Path) -> str:
+    return f"python -m ising_dist.tune --out {out_dir} --resume"
+
+
+def stopped_message(out_dir: Path, what: str) -> str:
+    """What happened, the trials finished so far in ``out_dir``, and the command that
+    continues the search."""
+    runs = out_dir / EXPERIMENT
+    started = len(list(runs.glob("*/train/config.yaml")))
+    finished = len(list(runs.glob("*/train/model.pt")))
+    return (f"error: {what}\n{finished} trial(s) finished, {started - finished} started and "
+            f"unfinished; continue with:\n  {resume_command(out_dir)}{trainmod.cluster_hint()}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with deathwatch.guard("tune", cfg.out_dir, say=functools.partial(stopped_message,
+                                                                     cfg.out_dir)):
+        return _main(args, cfg)
+
+
+def _main(args: argparse.Namespace, cfg: SearchConfig) -> int:
+    """main, once the configuration is known; returns the exit code."""
+    try:
         summary = run(cfg, resume=args.resume)
     except (ConfigError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 — the cluster failed: say so without a traceback
+        from ray.exceptions import RayError
+        if not isinstance(exc, RayError):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(stopped_message(cfg.out_dir, f"the Ray cluster failed during the search "
+                                           f"({type(exc).__name__}: {first})"),
+              file=sys.stderr, flush=True)
+        return 1
     out = Path(summary["out"])
     print((out / "results.md").read_text())
     if summary["unfinished"]:
         print(f"search stopped with {summary['unfinished']} trial(s) unfinished; continue with:"
-              f"\n  python -m ising_dist.tune --out {out} --resume", flush=True)
+              f"\n  {resume_command(out)}", flush=True)
         return 1
     if summary["best"] is None:
         print(f"error: no trial finished an epoch ({summary['errors']} errored); see the trial "

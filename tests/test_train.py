@@ -496,55 +496,60 @@ def _own_lines(stderr: str) -> str:
                      if not re.match(r"(\x1b\[\d+m)?\(\S+ pid=\d+", line))
 
 
-# A driver as ising_dist.train runs it (argv: run dir, GCS address or "none", how it ends), with
-# a child of its own that outlives it, as Ray's processes do.
+# A driver as ising_dist.train or .tune runs it (argv: train or tune, its output directory, the
+# GCS address or "none", how it ends), with a child of its own that outlives it, as Ray's do.
 DRIVER = """
 import os, signal, subprocess, sys
-from pathlib import Path
 from ising_dist import deathwatch
-watch = deathwatch.start(Path(sys.argv[1]), 5)
-if sys.argv[2] != "none":
-    watch.tell_gcs(sys.argv[2])
+driver, out, gcs, end = sys.argv[1:]
+watch = deathwatch.start(driver, out, *([5] if driver == "train" else []))
+if gcs != "none":
+    watch.tell_gcs(gcs)
 child = subprocess.Popen(["sleep", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(child.pid, flush=True)
-if sys.argv[3] == "done":
+if end == "done":
     print("its own last word", file=sys.stderr, flush=True)
     watch.done()
     sys.exit(0)
-if sys.argv[3] == "_Exit":      # what Ray's core worker does when the local raylet is gone
+if end == "_Exit":      # what Ray's core worker does when the local raylet is gone
     os._exit(1)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-@pytest.mark.parametrize("gcs, end, code, cause", [
-    ("gone", "_Exit", 1, "error: the Ray cluster stopped during the run (its GCS at "),
-    ("alive", "SIGKILL", -9, "error: the training driver (pid "),
-    ("none", "done", 0, None)])
+@pytest.mark.parametrize("driver, gcs, end, code, cause", [
+    ("train", "gone", "_Exit", 1, "error: the Ray cluster stopped during the run (its GCS at "),
+    ("train", "alive", "SIGKILL", -9, "error: the driver (pid "),
+    ("train", "none", "done", 0, None),
+    ("tune", "gone", "_Exit", 1, "error: the Ray cluster stopped during the run (its GCS at ")])
 def test_a_driver_that_dies_without_a_word_gets_its_message_from_its_watcher(
-        tmp_path, pt_file, gcs, end, code, cause):
+        tmp_path, pt_file, driver, gcs, end, code, cause):
     """Issue 11 case 5, the race its test can lose: Ray's core worker ends the driver with
     _Exit(1) before the driver can print. The driver's watcher (ising_dist.deathwatch), which
     no child of the driver keeps waiting, then prints the one message: why (a cluster whose
-    GCS no longer answers, or a killed driver), the last checkpoint and the resume command.
+    GCS no longer answers, or a killed driver), where the run stands and the resume command.
     After the driver's own last word it says nothing."""
     out = tmp_path / "run"
-    train.run(cfg_of(tiny(pt_file, out, epochs=2)), local=True)
+    if driver == "train":
+        train.run(cfg_of(tiny(pt_file, out, epochs=2)), local=True)
+        where = (f"last checkpoint: {out / 'checkpoint_0002'} (epoch 2 of 5)\ncontinue with:"
+                 f"\n  python -m ising_dist.train --out {out} --resume\n")
+    else:
+        where = (f"0 trial(s) finished, 0 started and unfinished; continue with:\n  "
+                 f"python -m ising_dist.tune --out {out} --resume\n")
     with socket.create_server(("127.0.0.1", 0)) as listening:
         address = {"gone": f"127.0.0.1:{_free_port()}", "none": "none",
                    "alive": "127.0.0.1:%d" % listening.getsockname()[1]}[gcs]
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        res = subprocess.run([sys.executable, "-c", DRIVER, str(out), address, end], cwd=ROOT,
-                             env=env, capture_output=True, text=True, timeout=60)
+        res = subprocess.run([sys.executable, "-c", DRIVER, driver, str(out), address, end],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     os.kill(int(res.stdout.split()[0]), signal.SIGKILL)
     assert res.returncode == code, res.stderr
     if cause is None:
         assert res.stderr == "its own last word\n"
         return
     assert res.stderr.count("error: ") == 1 and "Traceback" not in res.stderr, res.stderr
-    assert res.stderr.startswith(cause), res.stderr
-    assert (f"last checkpoint: {out / 'checkpoint_0002'} (epoch 2 of 5)\ncontinue with:\n  "
-            f"python -m ising_dist.train --out {out} --resume\n") in res.stderr, res.stderr
+    assert res.stderr.startswith(cause) and where in res.stderr, res.stderr
 
 
 def test_a_cluster_that_dies_mid_run_ends_with_one_message_and_the_resume_command(

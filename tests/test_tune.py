@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shlex
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +22,8 @@ from ising_dist.judge import driver
 from ising_dist.config import ConfigError
 from ising_dist.models import load_model
 from tests.test_data import make_pt_file
-from tests.test_train import start_local_ray
+from ising_dist import train
+from tests.test_train import _own_lines, kill_session, local_ray_head, start_local_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +93,54 @@ def test_grid_search_stopped_by_a_signal_resumes_and_writes_its_table(tmp_path, 
     model, extra = load_model(out / "best" / "model.pt")
     assert model.cfg.latent_dim == int(rows[0]["latent_dim"])
     assert model.cfg.kl_weight == float(rows[0]["kl_weight"])
+
+
+def test_a_cluster_that_dies_under_a_search_ends_with_one_message_and_the_resume_command(
+        tmp_path, pt_file, ray_local, monkeypatch):
+    """The cluster a search runs on is killed (SIGKILL to its own session) once a trial has
+    written checkpoint 2 of 4. The driver ends with exit code 1 and one message (what
+    happened, the trials finished, the command that continues), no traceback, within the
+    watchdog's grace rather than Ray's 60 s; that command, run as printed on a local Ray,
+    finishes every trial, and the checkpointed one continues from its checkpoint."""
+    preset = tiny_train_preset(tmp_path, pt_file)
+    search = tmp_path / "tiny-search.yaml"
+    search.write_text(yaml.safe_dump({
+        "name": "tiny", "train": str(preset), "latent_dims": [2, 4], "kl_weights": [0.0],
+        "epochs": 4, "workers_per_trial": 1}))
+    out = tmp_path / "search-out"
+    with local_ray_head(tmp_path / "ray-start.log") as head:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ising_dist.tune", "--config", str(search), "--out",
+             str(out)], cwd=ROOT, env=dict(head.env, RAY_ADDRESS=head.gcs),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 240
+            while not (found := list(out.glob("search/*/train/checkpoint_0002/trainer.pt"))):
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()
+                time.sleep(0.2)
+            kill_session(head.proc.pid)
+            killed = time.monotonic()
+            stdout, stderr = proc.communicate(timeout=120)
+            took = time.monotonic() - killed
+        finally:
+            proc.kill()
+    own = _own_lines(stderr)
+    assert proc.returncode == 1, stdout[-2000:] + stderr[-4000:]
+    assert took < 40, f"the driver took {took:.0f} s to end"   # Ray alone: 60 s and no advice
+    assert "Traceback" not in own and own.count("error: ") == 1, own[-4000:]
+    message = own[own.index("error: "):]
+    assert "Ray cluster" in message and "trial(s) finished" in message, message
+    command = message.split("continue with:\n", 1)[1].splitlines()[0].strip()
+    assert command == f"python -m ising_dist.tune --out {out} --resume", message
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert tune.main(shlex.split(command)[3:]) == 0
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(r["status"] == "complete" and int(r["epochs"]) == 4
+                                  for r in rows), rows
+    run_dir = found[0].parent.parent
+    assert train.load_state(train.checkpoints(run_dir)[-1])["resumed_at"][0] >= 2
 
 
 def test_search_ranked_by_physics_fidelity_writes_scores_and_heatmap(tmp_path, pt_file,
