@@ -124,13 +124,11 @@ def watch_cluster(stop: threading.Event, watch: Watch, say, interval: float = 1.
         except Exception:  # noqa: BLE001 — not connected yet (or shutting down): look again
             continue
         watch.tell_gcs(address)
-        host, port = address.rsplit(":", 1)
         lost = None
         while not stop.is_set():
-            try:
-                socket.create_connection((host, int(port)), timeout=2).close()
+            if _answers(address):
                 lost = None
-            except OSError:
+            else:
                 lost = lost or time.monotonic()
                 if time.monotonic() - lost >= CLUSTER_GRACE_S:
                     print(say(f"the Ray cluster stopped during the run (its GCS at {address} "
@@ -141,16 +139,23 @@ def watch_cluster(stop: threading.Event, watch: Watch, say, interval: float = 1.
         return
 
 
-def _reachable(address: str) -> bool:
+def _answers(address: str) -> bool:
+    """Whether a TCP connection to ``address`` ("host:port") succeeds within 2 s."""
     host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _reachable(address: str) -> bool:
+    """:func:`_answers` at any of GCS_TRIES attempts, GCS_RETRY_S apart."""
     for attempt in range(GCS_TRIES):
         if attempt:
             time.sleep(GCS_RETRY_S)
-        try:
-            socket.create_connection((host, int(port)), timeout=2).close()
+        if _answers(address):
             return True
-        except OSError:
-            pass
     return False
 
 
