@@ -160,8 +160,10 @@ def _reachable(address: str) -> bool:
 
 
 def cause(gcs: str | None, pid: int) -> str:
-    """Why the driver ``pid`` died without a word, as far as can be seen from outside."""
-    if gcs and not _reachable(gcs):
+    """Why the driver ``pid`` died without a word, as far as can be seen from outside. Only a
+    cluster the driver joined (RAY_ADDRESS, inherited) is judged by its GCS: a local Ray the
+    driver started goes down with the driver, so its silence tells nothing."""
+    if gcs and os.environ.get("RAY_ADDRESS") and not _reachable(gcs):
         return (f"the Ray cluster stopped during the run (its GCS at {gcs} is unreachable, "
                 f"and Ray ended the driver, pid {pid})")
     return (f"the driver (pid {pid}) ended without a word: killed by a signal (an "

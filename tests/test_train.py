@@ -517,18 +517,22 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-@pytest.mark.parametrize("driver, gcs, end, code, cause", [
-    ("train", "gone", "_Exit", 1, "error: the Ray cluster stopped during the run (its GCS at "),
-    ("train", "alive", "SIGKILL", -9, "error: the driver (pid "),
-    ("train", "none", "done", 0, None),
-    ("tune", "gone", "_Exit", 1, "error: the Ray cluster stopped during the run (its GCS at ")])
+@pytest.mark.parametrize("driver, gcs, end, joined, code, cause", [
+    ("train", "gone", "_Exit", True, 1,
+     "error: the Ray cluster stopped during the run (its GCS at "),
+    ("train", "alive", "SIGKILL", True, -9, "error: the driver (pid "),
+    ("train", "gone", "SIGKILL", False, -9, "error: the driver (pid "),
+    ("train", "none", "done", False, 0, None),
+    ("tune", "gone", "_Exit", True, 1,
+     "error: the Ray cluster stopped during the run (its GCS at ")])
 def test_a_driver_that_dies_without_a_word_gets_its_message_from_its_watcher(
-        tmp_path, pt_file, driver, gcs, end, code, cause):
+        tmp_path, pt_file, driver, gcs, end, joined, code, cause):
     """Issue 11 case 5, the race its test can lose: Ray's core worker ends the driver with
     _Exit(1) before the driver can print. The driver's watcher (ising_dist.deathwatch), which
-    no child of the driver keeps waiting, then prints the one message: why (a cluster whose
-    GCS no longer answers, or a killed driver), where the run stands and the resume command.
-    After the driver's own last word it says nothing."""
+    no child of the driver keeps waiting, then prints the one message: why (a cluster it
+    joined, RAY_ADDRESS, whose GCS no longer answers; or a killed driver, whose own local Ray
+    went down with it), where the run stands and the resume command. After the driver's own
+    last word it says nothing."""
     out = tmp_path / "run"
     if driver == "train":
         train.run(cfg_of(tiny(pt_file, out, epochs=2)), local=True)
@@ -541,6 +545,8 @@ def test_a_driver_that_dies_without_a_word_gets_its_message_from_its_watcher(
         address = {"gone": f"127.0.0.1:{_free_port()}", "none": "none",
                    "alive": "127.0.0.1:%d" % listening.getsockname()[1]}[gcs]
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        if joined:
+            env["RAY_ADDRESS"] = address
         res = subprocess.run([sys.executable, "-c", DRIVER, driver, str(out), address, end],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     os.kill(int(res.stdout.split()[0]), signal.SIGKILL)
