@@ -555,7 +555,10 @@ def ensure_ray(num_cpus: Optional[int] = None, verbose: bool = False) -> str:
 
 
 def _run_artifacts(run_dir: Path) -> list[str]:
-    names = ["metrics.csv", "model.pt"] + [p.name for p in checkpoints(run_dir)]
+    """What a new run in ``run_dir`` would overwrite: its final model and checkpoints. A
+    metrics.csv without them (a run stopped before its first checkpoint landed) is not: its
+    epochs' weights are gone, and --resume has nothing to continue from."""
+    names = ["model.pt"] + [p.name for p in checkpoints(run_dir)]
     return [n for n in names if (run_dir / n).exists()]
 
 
@@ -595,7 +598,9 @@ def _resolve_van(cfg: TrainConfig) -> tuple[TrainConfig, dict, int]:
 
 
 def prepare(cfg: TrainConfig, resume: bool = False) -> tuple[TrainConfig, dict, Optional[Path]]:
-    """Check config, data and run directory before any Ray work; write config.yaml.
+    """Check config, data and run directory before any Ray work; write config.yaml. A run
+    directory that holds metrics.csv but no checkpoint nor model.pt (stopped before its first
+    checkpoint landed) starts afresh, with a note on stderr.
 
     Returns (resolved config, data fingerprint, checkpoint to resume from or None)."""
     run_dir = cfg.run_dir
@@ -635,6 +640,12 @@ def prepare(cfg: TrainConfig, resume: bool = False) -> tuple[TrainConfig, dict, 
     if n_train < cfg.batch_size:
         print(f"note: batch_size={cfg.batch_size} exceeds the {n_train} training samples; "
               f"each epoch is one smaller batch", file=sys.stderr)
+    orphan = run_dir / "metrics.csv"
+    if not resume and orphan.is_file():   # no checkpoint (see _run_artifacts): nothing to keep
+        print(f"note: {run_dir} holds metrics of {len(read_metrics(run_dir))} epoch(s) but no "
+              f"checkpoint (the run stopped before its first checkpoint landed); starting it "
+              f"afresh", file=sys.stderr)
+        orphan.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfgmod.to_yaml(resolved))
     return resolved, fp, resume_from

@@ -21,6 +21,7 @@ The output directory (default runs/tune/<name>) holds:
                         under train/); ``--resume`` continues a stopped search (Tuner.restore)
     results.csv, results.md   every trial: hyperparameters, final metrics, score, rank
     best/model.pt, best/config.yaml   the best trial's final model and its train config
+The console shows one line a trial start, epoch and end (:class:`SearchProgress`).
 A Ray cluster that dies under the search, or a driver that Ray ends without a word, ends
 it with exit code 1 and one message: the trials finished and the ``--resume`` command
 (ising_dist.deathwatch).
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import logging
 import math
 import os
 import shutil
@@ -38,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from ray.tune import Callback
+
 from . import config as cfgmod
 from . import deathwatch
 from . import train as trainmod
 from .config import ConfigError, option
 from .runlock import RunLock, RunLockedError
-from .train import TrainConfig
+from .train import TrainConfig, say
 
 EXPERIMENT = "search"
 ASHA_STOPPED = "asha_stopped.txt"   # trial ids that ASHA stopped early, one a line
@@ -171,6 +175,69 @@ def trial(config: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- driver
+class SearchProgress(Callback):
+    """Prints one line when a trial starts, after each of its epochs (its val_recon, val_kl,
+    val_total), and when it ends, with the count of trials done, in place of Tune's own
+    reporter (a table of every trial's whole configuration at its start, and status tables
+    every 30 s). Pickled with the search (by reference), so a resumed search prints the same.
+
+    expected: the search's number of trials; asha_record: the file of the trials that ASHA
+    stopped early (RecordingASHA)."""
+
+    def __init__(self, expected: int, asha_record: Path):
+        self.expected, self.asha_record = expected, Path(asha_record)
+
+    def _what(self, trial) -> str:
+        c = trial.config
+        return f"{trial} (latent_dim {c['latent_dim']}, kl_weight {c['kl_weight']:g})"
+
+    def _ended(self, trial) -> Optional[str]:
+        """How a trial ended: "finished", "stopped early by ASHA", or None (not ended: a
+        stopped search reports its running trials as terminated too)."""
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        if epoch >= trial.config["base"]["epochs"]:
+            return "finished"
+        stopped = self.asha_record.read_text().split() if self.asha_record.is_file() else []
+        return "stopped early by ASHA" if trial.trial_id in stopped else None
+
+    def _done(self, trials, trial) -> str:
+        """"[k/N trials done]", ``trial`` (ending now, its status not yet set) included."""
+        ended = {t.trial_id for t in trials if t.status == "ERROR" or (
+            t.status == "TERMINATED" and self._ended(t) is not None)} | {trial.trial_id}
+        return f"[{len(ended)}/{self.expected} trials done]"
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        say(f"{self._what(trial)} started")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        terms = "  ".join(f"{k} {result[k]:.4g}" for k in PROGRESS_TERMS if k in result)
+        say(f"{self._what(trial)} epoch {result.get('epoch', '?')}/"
+            f"{trial.config['base']['epochs']}  {terms}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        how = self._ended(trial)
+        if how:
+            say(f"{self._what(trial)} {how} {self._done(trials, trial)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        say(f"{self._what(trial)} failed; its error: {trial.error_file} "
+            f"{self._done(trials, trial)}")
+
+
+PROGRESS_TERMS = ("val_recon", "val_kl", "val_total")
+
+
+class _DropTunesResumeHint(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)" after a stop: the search prints
+    its own resume command (``python -m ising_dist.tune --out DIR --resume``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+DROP_TUNES_RESUME_HINT = _DropTunesResumeHint()
+
+
 def fit_concurrency(cfg: SearchConfig, base: TrainConfig, cluster_cpus: float) -> int:
     """Trials that fit the cluster at once (each costs workers × cpus_per_worker CPUs)."""
     per_trial = base.workers * base.cpus_per_worker
@@ -253,7 +320,9 @@ def _tuner(cfg: SearchConfig, base: TrainConfig, concurrency: int, resume: bool)
                                     # search_alg: the generator itself must limit it
                                     search_alg=BasicVariantGenerator(max_concurrent=concurrency,
                                                                      random_state=cfg.seed)),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(cfg.out_dir)))
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(cfg.out_dir), verbose=0,
+                                  callbacks=[SearchProgress(expected_trials(cfg),
+                                                            cfg.out_dir / ASHA_STOPPED)]))
 
 
 def trial_rows(out_dir: Path) -> list[dict]:
@@ -361,6 +430,19 @@ def _run_locked(cfg: SearchConfig, resume: bool) -> dict:
     if not resume:
         (out_dir / "config.yaml").write_text(cfgmod.to_yaml(cfg))
     tuner = _tuner(cfg, base, concurrency, resume)
+    total = expected_trials(cfg)
+    if resume:
+        say(f"resuming search {out_dir}: {len(list(exp.glob('*/train/model.pt')))} of {total} "
+            f"trial(s) finished")
+    else:
+        say(f"search {out_dir}: {total} trial(s) ({cfg.search} over latent_dims "
+            f"{list(cfg.latent_dims)} × kl_weights {list(cfg.kl_weights)}), {concurrency} at "
+            f"once, {base.workers} worker(s) and {base.epochs} epoch(s) each; ranked by "
+            f"{cfg.rank_by}")
+    logging.getLogger("ray.tune.tune").addFilter(DROP_TUNES_RESUME_HINT)   # once
+    # Tune's older reporter, which at verbose=0 prints nothing (the newer one still prints an
+    # experiment box and a TensorBoard command): SearchProgress speaks instead
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     grid = tuner.fit()
     rows = rank(trial_rows(out_dir), cfg.rank_by)
     # Done = complete, stopped by ASHA, or errored. Tune's own statuses cannot tell: after a

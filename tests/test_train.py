@@ -201,6 +201,36 @@ def test_a_stop_request_ends_the_run_at_a_checkpoint_and_resume_finishes_it(tmp_
     _same_curve(train.read_metrics(out), train.read_metrics(baseline[0]), rel=1e-5)
 
 
+class DiesAtItsFirstReport(LocalSession):
+    """A worker killed after rank 0 wrote epoch 1's metrics row, before its checkpoint landed
+    (the report that would register it never returns)."""
+
+    def report(self, metrics, checkpoint_dir, name):
+        raise KeyboardInterrupt("killed before checkpoint_0001 landed")
+
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path, baseline,
+                                                                    pt_file, capsys):
+    """Its metrics.csv alone does not make it a run to keep: before, neither a new run
+    ("already holds a run; pass --resume") nor --resume ("holds no checkpoint") could
+    continue, and a Tune trial stopped there failed on its search's resume."""
+    out = tmp_path / "died"
+    cfg, fp, _ = train.prepare(cfg_of(tiny(pt_file, out)))
+    loop = {"config": cfgmod.to_dict(cfg), "run_dir": str(out), "data": fp, "resume_from": None}
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.train_loop(loop, DiesAtItsFirstReport(out, keep_checkpoints=2))
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["epoch"] for r in train.read_metrics(out)] == [1] and not train.checkpoints(out)
+    capsys.readouterr()
+    summary = train.run(cfg_of(tiny(pt_file, out)), local=True)
+    assert ("holds metrics of 1 epoch(s) but no checkpoint" in capsys.readouterr().err
+            and summary["epoch"] == EPOCHS)
+    _same_curve(train.read_metrics(out), train.read_metrics(baseline[0]), rel=1e-6)
+
+
 RAY_CHATTER = ("Reporting training result", "PreemptionWatcher", "multiple active Ray instances",
                "Token authentication", "Traceback")
 

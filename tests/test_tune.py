@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -47,7 +48,7 @@ def ray_local():
 
 
 def test_grid_search_stopped_by_a_signal_resumes_and_writes_its_table(tmp_path, pt_file,
-                                                                      ray_local, capsys):
+                                                                      ray_local, capfd):
     preset = tiny_train_preset(tmp_path, pt_file)
     search = tmp_path / "tiny-search.yaml"
     search.write_text(yaml.safe_dump({
@@ -71,12 +72,29 @@ def test_grid_search_stopped_by_a_signal_resumes_and_writes_its_table(tmp_path, 
         watcher.join()
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert "search stopped with" in capsys.readouterr().out
+    first = capfd.readouterr()
+    assert "search stopped with" in first.out
     finished = {p: p.stat().st_mtime_ns for p in (out / "search").glob("*/train/model.pt")}
     assert 1 <= len(finished) < 4 and not (out / "best").exists()
+    # one line a trial start, epoch and end (SearchProgress), not Tune's tables of each
+    # trial's configuration nor its "Tuner.restore" hint (the resume command is ours)
+    assert "4 trial(s) (grid over latent_dims [2, 4] × kl_weights [0.0, 1.0])" in first.out
+    assert "(latent_dim 2, kl_weight 0) started" in first.out
+    for theirs in ("started with configuration", "Trial status", "== Status ==",
+                   "Tuner.restore", "base/batch_size"):
+        assert theirs not in first.out + first.err, theirs
 
     assert tune.main(["--out", str(out), "--resume"]) == 0
-    assert "best: latent_dim=" in capsys.readouterr().out
+    second = capfd.readouterr()
+    assert "best: latent_dim=" in second.out
+    assert f"resuming search {out}: {len(finished)} of 4 trial(s) finished" in second.out
+    assert "[4/4 trials done]" in second.out, second.out
+    both = first.out + second.out   # a trial that ended as the search stopped reports again
+    for latent, kl in [(2, 0), (2, 1), (4, 0), (4, 1)]:
+        assert re.search(rf"\(latent_dim {latent}, kl_weight {kl}\) epoch 1/1  val_recon "
+                         rf"[\d.]+  val_kl [\d.e-]+  val_total [\d.]+\n", both), both
+        assert re.search(rf"\(latent_dim {latent}, kl_weight {kl}\) finished \[\d/4 trials "
+                         rf"done\]", both), both
     # trials finished before the stop were not trained again
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
 
