@@ -41,8 +41,9 @@ import time
 from pathlib import Path
 
 CLUSTER_GRACE_S = 10.0  # the GCS unreachable this long: the cluster is gone (Ray gives up at 60)
-GCS_TRIES = 3           # connection attempts to the GCS before calling the cluster gone
-GCS_RETRY_S = 0.5       # between them
+GCS_TRIES = 4           # connection attempts to the GCS; all must succeed for "up"
+GCS_RETRY_S = 0.5       # between them (a GCS killed with its cluster accepts connections
+                        # until its process is torn down, after Ray has ended the driver)
 DONE = b"done\n"
 
 
@@ -150,13 +151,15 @@ def _answers(address: str) -> bool:
 
 
 def _reachable(address: str) -> bool:
-    """:func:`_answers` at any of GCS_TRIES attempts, GCS_RETRY_S apart."""
+    """:func:`_answers` at every one of GCS_TRIES attempts, GCS_RETRY_S apart: a cluster
+    killed at once dies in some order, and its raylet's death ends the driver (Ray's
+    ``_Exit``) while the GCS may still accept a connection for a moment."""
     for attempt in range(GCS_TRIES):
         if attempt:
             time.sleep(GCS_RETRY_S)
-        if _answers(address):
-            return True
-    return False
+        if not _answers(address):
+            return False
+    return True
 
 
 def cause(gcs: str | None, pid: int) -> str:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 import urllib.request
@@ -586,6 +587,23 @@ def test_a_driver_that_dies_without_a_word_gets_its_message_from_its_watcher(
         return
     assert res.stderr.count("error: ") == 1 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith(cause) and where in res.stderr, res.stderr
+
+
+def test_a_gcs_still_dying_when_the_driver_ends_is_judged_by_its_end(monkeypatch):
+    """A cluster killed all at once dies in some order: its raylet's death ends the driver
+    (Ray's _Exit) while its GCS may still accept connections until its process is gone. The
+    watcher then names the cluster, not the driver (this test's end-to-end twin above lost
+    that race once). A GCS that keeps answering means the driver died on its own."""
+    from ising_dist import deathwatch
+    dying = socket.create_server(("127.0.0.1", 0))
+    dying_at = "127.0.0.1:%d" % dying.getsockname()[1]
+    threading.Timer(0.2, dying.close).start()
+    monkeypatch.setenv("RAY_ADDRESS", dying_at)
+    assert deathwatch.cause(dying_at, 123).startswith("the Ray cluster stopped")
+    with socket.create_server(("127.0.0.1", 0)) as alive:
+        alive_at = "127.0.0.1:%d" % alive.getsockname()[1]
+        monkeypatch.setenv("RAY_ADDRESS", alive_at)
+        assert deathwatch.cause(alive_at, 123).startswith("the driver (pid 123) ended")
 
 
 def test_a_cluster_that_dies_mid_run_ends_with_one_message_and_the_resume_command(
