@@ -175,6 +175,9 @@ def trial(config: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- driver
+PROGRESS_TERMS = ("val_recon", "val_kl", "val_total")
+
+
 class SearchProgress(Callback):
     """Prints one line when a trial starts, after each of its epochs (its val_recon, val_kl,
     val_total), and when it ends, with the count of trials done, in place of Tune's own
@@ -222,9 +225,6 @@ class SearchProgress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         say(f"{self._what(trial)} failed; its error: {trial.error_file} "
             f"{self._done(trials, trial)}")
-
-
-PROGRESS_TERMS = ("val_recon", "val_kl", "val_total")
 
 
 class _DropTunesResumeHint(logging.Filter):
