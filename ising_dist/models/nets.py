@@ -8,6 +8,8 @@ extra entries of the code (decoders).
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable, Optional
 
 import torch
@@ -114,184 +116,106 @@ class ConvEncoder(nn.Module):
 
 
 class PeriodicConv2d(nn.Conv2d):
-    """nn.Conv2d on a torus: circular padding by ``padding`` on each side of the last two axes
-    (:func:`circular_pad`), then the conv without padding: as a matmul for a few input
-    channels (GEMM_MAX_CHANNELS), else torch's conv on a channels-last input. Same parameters
-    and state-dict keys as ``nn.Conv2d(..., padding_mode="circular")``, same outputs up to
-    float rounding; the output is channels last (see CHANNELS_LAST). Its backward folds the
-    padded gradient back with a few slice adds instead of the zero-filled copies of F.pad's
-    backward, which took a quarter of the conv VAE's training step at batch 64 (1.7 ms of
-    zero fills, 2 ms of copies in 14.6 ms)."""
+    """nn.Conv2d on a torus, circular padding by ``padding`` on each side (any pad ≥ 0, it
+    may wrap more than once): x [B, C, N, N] float → [B, C', n, n], n = (N + 2·padding − k) //
+    stride + 1, channels last (memory order [B, n, n, C']). Same parameters and state-dict keys
+    as ``nn.Conv2d(..., padding_mode="circular")``, same outputs up to float rounding.
+
+    Computed as one gather and one matmul (:func:`_sites`): the k·k sites under each output
+    are read straight off the torus (index_select), so no padded copy is made and its
+    gradient is one index_add; both are differentiable again (WGAN-GP's gradient penalty).
+    See PERIODIC_GATHER for what it replaced and the figures.
+
+    Raises ValueError when the padded lattice is smaller than the kernel (:func:`_sites`).
+    """
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int = 1, padding: int = 0):
         super().__init__(c_in, c_out, k, stride=stride, padding=0)
         self.pad = padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = circular_pad(x, self.pad, self.pad)
-        if self.in_channels <= GEMM_MAX_CHANNELS:
-            return _conv_gemm(x, self.weight, self.bias, self.stride[0])
-        return super().forward(x.contiguous(memory_format=torch.channels_last))
+        B, C, N, _ = x.shape
+        k, s = self.kernel_size[0], self.stride[0]
+        sites = _sites(N, k, s, self.pad, x.device)                    # [n·n·k·k]
+        n = math.isqrt(sites.numel() // (k * k))
+        cols = x.permute(0, 2, 3, 1).reshape(B, N * N, C).index_select(1, sites)
+        cols = cols.view(B * n * n, k * k * C)             # rows (b, i, j), columns (a, c, C)
+        # [(a, c, C), C']; from one channel the plain flatten, whose gradient comes back in the
+        # weight's own strides (else DDP warns that they differ from its bucket's)
+        w = (self.weight.flatten(1).t() if C == 1
+             else self.weight.permute(2, 3, 1, 0).reshape(k * k * C, -1))
+        y = cols @ w if self.bias is None else torch.addmm(self.bias, cols, w)
+        return y.view(B, n, n, -1).permute(0, 3, 1, 2)
 
 
 class PeriodicConvTranspose2d(nn.Module):
-    """Stride-s transposed conv on a torus: [B, C, n, n] → [B, C', n·s, n·s].
+    """Stride-s transposed conv on a torus, odd k: x [B, C, n, n] float → [B, C', n·s, n·s],
+    channels last. The exact adjoint of PeriodicConv2d(C', C, k, s, padding=k // 2): one
+    matmul gives every (site, tap) contribution, and one index_add sums them onto the sites of
+    the torus they land on (:func:`_sites`, the conv's own gather run backwards). Translating
+    the input by one site translates the output by s sites. The weight keeps
+    ``nn.ConvTranspose2d``'s layout [C, C', k, k] and state-dict key (``conv.weight``); the
+    bias [C'] is added once per site.
 
-    The exact adjoint of a circular-padded stride-s conv with padding k//2: run the transposed
-    conv without padding, then fold the overhanging border back around the torus (sum positions
-    equal modulo n·s, :func:`circular_fold`). Translating the input by one site translates the
-    output by s sites.
+    Raises ValueError for an even k (no centred tap: the output would not be n·s wide).
     """
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int = 2):
         super().__init__()
+        if k % 2 == 0:
+            raise ValueError(f"PeriodicConvTranspose2d: kernel size {k} is even; use an odd one")
         self.k, self.stride = k, stride
-        self.conv = nn.ConvTranspose2d(c_in, c_out, k, stride=stride, bias=False)
-        self.bias = nn.Parameter(torch.zeros(c_out))  # added once per site, after folding
+        self.conv = nn.ConvTranspose2d(c_in, c_out, k, stride=stride, bias=False)  # its weight
+        self.bias = nn.Parameter(torch.zeros(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        N = x.shape[-1] * self.stride
-        if self.conv.out_channels <= GEMM_MAX_CHANNELS:   # side (n-1)·s + k
-            y = _conv_transpose_gemm(x, self.conv.weight, self.stride)
-        else:
-            y = self.conv(x.contiguous(memory_format=torch.channels_last))
-        p = self.k // 2                                           # full index q ↦ site (q-p) mod N
-        return circular_fold(y, p, y.shape[-1] - N - p) + self.bias[:, None, None]
+        B, C, n, _ = x.shape
+        k, N = self.k, n * self.stride
+        w = self.conv.weight                                           # [C, C', k, k]
+        C_out = w.shape[1]
+        w = w.flatten(1) if C_out == 1 else w.permute(0, 2, 3, 1).reshape(C, -1)  # as in the conv
+        taps = x.permute(0, 2, 3, 1).reshape(B * n * n, C) @ w       # [(b, i, j), (a, c, C')]
+        sites = _sites(N, k, self.stride, k // 2, x.device)
+        y = x.new_zeros(B, N * N, C_out).index_add(1, sites, taps.view(B, -1, C_out))
+        return (y + self.bias).view(B, N, N, C_out).permute(0, 3, 1, 2)
 
 
-# oneDNN, torch's CPU conv, is slow at a transposed conv to a few channels, and so at the input
-# gradient of a conv from a few channels (the critic's first conv under WGAN-GP's gradient
-# penalty). With at most this many channels there, they run as im2col/col2im and one matmul
-# (_conv_gemm, _conv_transpose_gemm). Forward and backward, batch 64, k = 5, 64 channels on the
-# other side, one thread (ms, oneDNN → matmul form): conv from 1, 2, 3, 4, 8 channels with the
-# input's gradient 3.2 → 1.2, 3.6 → 2.0, 3.9 → 2.9, 5.0 → 3.9, 5.6 → 7.2, from 1 channel
-# without it 0.67 → 0.96 (kept: its output comes out channels last for free, see
-# CHANNELS_LAST); transposed conv to 1, 2, 4 channels 3.3 → 1.3, 4.2 → 2.3, 5.1 → 3.9; a
-# 64 → 32 conv 2.2 → 4.5.
-#
-# CHANNELS_LAST: the activations between periodic convs are [B, C, H, W] with the channels
-# fastest in memory (torch.channels_last). oneDNN converts a conv's input to that layout
-# anyway, forward or backward: the conv VAE's 64 → 32 conv, batch 64, fwd + bwd 3.7 ms on an
-# NCHW input, 2.3 ms on a channels-last one, and the conversion itself costs what it saves.
-# The matmul forms produce and read that layout as plain views. Training step, one thread,
-# two interleaved rounds (with the fused Adam of base.adam and _pad's five copies): conv VAE
-# batch 64 9.8–11.6 → 8.5–10.3 ms, batch 128 18.7–22.3 → 16.4–17.8 ms; WGAN-GP batch 64
-# 36.5–36.8 → 33.5–35.2 ms, batch 128 69.1–72.5 → 64.4–66.6 ms.
-GEMM_MAX_CHANNELS = 4
+def _sites(N: int, k: int, stride: int, pad: int, device: torch.device) -> torch.Tensor:
+    """The gather of a periodic conv: [n·n·k·k] int64 on ``device``, ordered (i, j, a, c) for
+    output (i, j) of n × n, n = (N + 2·pad − k) // stride + 1, and kernel tap (a, c); entry
+    the site r·N + r' of the N × N torus under it, r = (i·stride + a − pad) mod N, r' = (j·stride
+    + c − pad) mod N: the index that circular padding by ``pad`` followed by an unpadded conv
+    reads (cross-correlation, as torch's conv). Cached; computed afresh inside torch.compile,
+    which traces it into the graph (and warns about a cache).
+
+    Raises ValueError when the padded lattice is smaller than the kernel (n < 1)."""
+    if torch.compiler.is_compiling():
+        return _sites_of(N, k, stride, pad, device)
+    return _cached_sites(N, k, stride, pad, device)
 
 
-def _conv_gemm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], stride: int
-               ) -> torch.Tensor:
-    """F.conv2d(x, w, b, stride=stride) without padding, as im2col (F.unfold) and one matmul:
-    x [B, C, S, S], w [C', C, k, k], b [C'] or None → [B, C', (S − k) // stride + 1, same],
-    channels last."""
-    B, C, S, _ = x.shape
-    k = w.shape[-1]
-    n = (S - k) // stride + 1
-    cols = nn.functional.unfold(x, k, stride=stride)                    # [B, C·k·k, n·n]
-    y = cols.transpose(1, 2) @ w.reshape(w.shape[0], -1).t()             # [B, n·n, C']
-    if b is not None:
-        y = y + b
-    return y.view(B, n, n, -1).permute(0, 3, 1, 2)                      # channels last
+def _sites_of(N: int, k: int, stride: int, pad: int, device: torch.device) -> torch.Tensor:
+    n = (N + 2 * pad - k) // stride + 1
+    if n < 1:
+        raise ValueError(f"periodic conv: a {N}×{N} lattice padded by {pad} is smaller than "
+                         f"the kernel ({k}); use a smaller kernel or a larger lattice")
+    r = (torch.arange(n, device=device)[:, None] * stride
+         + torch.arange(k, device=device)[None, :] - pad) % N                  # [n, k]
+    return (r[:, None, :, None] * N + r[None, :, None, :]).reshape(-1)
 
 
-def _conv_transpose_gemm(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
-    """F.conv_transpose2d(x, w, stride=stride) without padding, as one matmul and col2im
-    (F.fold): x [B, C, n, n] (read without a copy when channels last), w [C, C', k, k] →
-    [B, C', (n−1)·stride + k, same]."""
-    B, C, n, _ = x.shape
-    k = w.shape[-1]
-    xl = x.permute(0, 2, 3, 1).reshape(B, n * n, C)            # a view when x is channels last
-    cols = (xl @ w.reshape(C, -1)).transpose(1, 2)              # [B, C'k², n²]
-    side = (n - 1) * stride + k
-    return nn.functional.fold(cols, (side, side), k, stride=stride)
+_cached_sites = functools.lru_cache(maxsize=None)(_sites_of)
 
 
-def circular_pad(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """Periodic padding of the last two axes: x [..., N, N] → y [..., S, S], S = before + N +
-    after, y[..., q, q'] = x[..., (q − before) mod N, (q' − before) mod N]. Any pad ≥ 0 (it may
-    wrap more than once). Its gradient is :func:`circular_fold` and the fold's is this, so
-    double backward (WGAN-GP's gradient penalty) works too."""
-    return _CircularPad.apply(x, before, after)
-
-
-def circular_fold(y: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """The adjoint of :func:`circular_pad`: y [..., S, S] → x [..., N, N], N = S − before −
-    after ≥ 1, each x site the sum of the y entries at positions q with (q − before) mod N
-    equal to it, on both axes."""
-    return _CircularFold.apply(y, before, after)
-
-
-def _wrap_runs(S: int, before: int, N: int):
-    """(start, length, site) of the runs of positions 0 … S−1 outside [before, before + N) that
-    land on consecutive sites of a ring of N (position q ↦ site (q − before) mod N)."""
-    q = 0
-    while q < S:
-        if before <= q < before + N:
-            q = before + N
-            continue
-        site = (q - before) % N
-        n = min(N - site, (before if q < before else S) - q)
-        yield q, n, site
-        q += n
-
-
-def _pad(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """circular_pad's forward, in five copies into a tensor of x's layout: x into the middle,
-    the wrapped columns of the middle rows, then whole wrapped rows (corners included) copied
-    within the output. Conv VAE shapes, one thread: 25 µs a call less than copying the 3 × 3
-    blocks of x (55 → 30 µs at batch 1, 243 → 206 µs at batch 64, 64 channels)."""
-    N = x.shape[-1]
-    S = before + N + after
-    runs = list(_wrap_runs(S, before, N))
-    out = torch.empty(*x.shape[:-2], S, S, dtype=x.dtype, device=x.device,
-                      memory_format=_layout(x))
-    middle = out.narrow(-2, before, N)
-    middle.narrow(-1, before, N).copy_(x)
-    for q, n, site in runs:
-        middle.narrow(-1, q, n).copy_(x.narrow(-1, site, n))
-    for q, n, site in runs:
-        out.narrow(-2, q, n).copy_(out.narrow(-2, before + site, n))
-    return out
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """channels_last for a [B, C, H, W] tensor stored with its channels fastest, else
-    contiguous: what the convolutions around it produce and read fastest."""
-    if x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1:
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _fold_axis(y: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
-    S = y.shape[dim]
-    N = S - before - after
-    out = y.narrow(dim, before, N).clone()
-    for q, n, site in _wrap_runs(S, before, N):
-        out.narrow(dim, site, n).add_(y.narrow(dim, q, n))
-    return out
-
-
-class _CircularPad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, before, after):
-        ctx.pads = (before, after)
-        return _pad(x, before, after)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _CircularFold.apply(g, *ctx.pads), None, None
-
-
-class _CircularFold(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, before, after):
-        ctx.pads = (before, after)
-        return _fold_axis(_fold_axis(y, -1, before, after), -2, before, after)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _CircularPad.apply(g, *ctx.pads), None, None
+# PERIODIC_GATHER: the convs above read the torus through one index_select and write it
+# through one index_add. Before, each periodic conv padded its input (five copies, a Python
+# autograd Function; its backward folded the gradient back by slice adds), then ran oneDNN's
+# conv, or im2col and a matmul for ≤ 4 channels; each transposed conv ran oneDNN's or col2im,
+# then folded the overhang back around the torus. That was ~300 small ops a training step.
+# Conv VAE ([64, 32], L = 16), training step, one thread, 3 interleaved rounds, old → new:
+# batch 1 2.0–2.1 → 1.5–1.7 ms, batch 64 11.6–12.0 → 8.8–9.9 ms, batch 128 20.2–20.9 → 17.9–
+# 23.6 ms (the host's noise), so t(128) / t(64), best of each, 1.75 → 2.04: half the batch on
+# each of two workers is no longer half as efficient.
 
 
 class ConvDecoder(nn.Module):
