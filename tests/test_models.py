@@ -289,6 +289,10 @@ def test_periodic_transposed_conv_is_adjoint_of_circular_conv_and_equivariant():
             assert torch.allclose((conv(x) * y).sum(), (x * up(y)).sum(), atol=1e-4), (k, n, c)
             shifted = up(torch.roll(y, (1, 1), dims=(2, 3)))
             assert torch.allclose(shifted, torch.roll(up(y), (2, 2), dims=(2, 3)), atol=1e-5)
+    with pytest.raises(ValueError, match="kernel size 4 is even"):
+        PeriodicConvTranspose2d(2, 2, 4)
+    with pytest.raises(ValueError, match="2×2 lattice padded by 0 is smaller than the kernel"):
+        PeriodicConv2d(1, 2, 5, stride=2)(torch.zeros(1, 1, 2, 2))
 
 
 def test_periodic_convs_have_exact_gradients_and_second_derivatives():

@@ -211,11 +211,12 @@ _cached_sites = functools.lru_cache(maxsize=None)(_sites_of)
 # through one index_add. Before, each periodic conv padded its input (five copies, a Python
 # autograd Function; its backward folded the gradient back by slice adds), then ran oneDNN's
 # conv, or im2col and a matmul for ≤ 4 channels; each transposed conv ran oneDNN's or col2im,
-# then folded the overhang back around the torus. That was ~300 small ops a training step.
-# Conv VAE ([64, 32], L = 16), training step, one thread, 3 interleaved rounds, old → new:
-# batch 1 2.0–2.1 → 1.5–1.7 ms, batch 64 11.6–12.0 → 8.8–9.9 ms, batch 128 20.2–20.9 → 17.9–
-# 23.6 ms (the host's noise), so t(128) / t(64), best of each, 1.75 → 2.04: half the batch on
-# each of two workers is no longer half as efficient.
+# then folded the overhang back around the torus. Conv VAE ([64, 32], L = 16), batch 64: aten
+# calls a training step 1 715 → 752. Training step, one thread, old and new in fresh processes
+# taking turns, 3 rounds (ms, old → new): conv VAE batch 1 1.9–2.0 → 1.5, batch 64 9.4–10.4 →
+# 7.9–9.5, batch 128 18.1–18.6 → 15.2–15.5; WGAN-GP batch 64 40.4–40.5 → 29.6–30.3, batch 128
+# 72–80 → 56–58. The fixed cost of a step fell by a quarter, so two workers at half the batch
+# each lose less to it (README, benchmarks.training).
 
 
 class ConvDecoder(nn.Module):
