@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ising_dist.models import (ModelConfig, build_model, evaluate_epoch, load_model, save_model,
                                train_epoch)
@@ -344,6 +345,15 @@ def test_periodic_conv_matches_torch_circular_conv():
         assert torch.allclose(outs[0], outs[1], atol=1e-5), (c_in, needs_grad)
         for a, b in zip(*grads):
             assert (a is None and b is None) or torch.allclose(a, b, atol=1e-4), (c_in, k)
+    # pads that wrap the ring more than once (torch's circular pad refuses them): against an
+    # unpadded conv of the lattice tiled by hand, site q of the padded axis = (q − pad) mod N
+    for N, k, pad in ((2, 5, 2), (3, 3, 4), (4, 5, 5)):
+        ours = PeriodicConv2d(2, 3, k, stride=2, padding=pad)
+        x = torch.randn(2, 2, N, N, generator=g)
+        tiled = torch.arange(-pad, N + pad) % N
+        ref = F.conv2d(x[..., tiled, :][..., tiled], ours.weight, ours.bias, stride=2)
+        with torch.no_grad():
+            assert torch.allclose(ours(x), ref, atol=1e-5), (N, k, pad)
 
 
 # ---------------------------------------------------------------------- files
