@@ -20,7 +20,10 @@ Prints, measured in one run on one local Ray instance, all at global batch --bat
      For vae-conv and the PixelCNN also the machine's ceiling of 2 / 1 workers: two bare
      processes at half the batch at once over one at the whole batch (no DDP, no Ray), and
      the free cores: the same ratio for a loop that touches no memory (2.00 on two free
-     cores; a busy host or shared vCPUs give less);
+     cores; a busy host or shared vCPUs give less). Then every run in turn: samples/s, the
+     workers' CPU seconds an epoch, and the cores the host stole from this guest meanwhile
+     (/proc/stat's steal): the same work costing more CPU with no steal is the host's vCPUs
+     running slower;
   4. with --tune, one Tune trial of the first model against the same run without Tune.
 Targets (issue 17): 1 worker ≥ 0.8 × bare for every model; 2 workers ≥ 1.6 × 1 worker for
 vae-conv and the PixelCNN (2 free cores). Other load on the machine lowers both: the load
@@ -239,12 +242,22 @@ def core_rates(seconds: float = CORES_S) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------- 3. Ray
+def steal_s() -> float:
+    """CPU seconds the hypervisor has taken from this guest's vCPUs since boot, all of them
+    together (the 'steal' column of /proc/stat, proc(5)); NaN where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 class RayCPU:
     """CPU used by this process's descendants (the local Ray instance) while the workers
     train: between the first and the last row of ``run_dir``/metrics.csv (epochs 2…N with
     their validation and checkpoints), by process name and split into Ray Train workers and
     the rest (GCS, raylet, dashboard, agents, the Train controller and helper actors, idle
-    workers, and this driver).
+    workers, and this driver); and the host's steal from the whole guest (:func:`steal_s`).
 
     The processes' CPU times are read (psutil, ~10 ms of this driver's CPU for ~25
     processes) when metrics.csv gains a row, which is looked for every PERIOD: once an
@@ -294,7 +307,7 @@ class RayCPU:
         self.kind[p.pid] = "workers" if "RayTrainWorker" in name else "ray"
 
     def _totals(self) -> dict[str, float]:
-        out = {"workers": 0.0, "ray": 0.0}
+        out = {"workers": 0.0, "ray": 0.0, "steal": steal_s()}
         for pid, used in self.last.items():
             out[self.kind[pid]] += used - (self.first[pid] if pid in self.born_before else 0.0)
         return out
@@ -443,7 +456,7 @@ def main(argv=None) -> int:
               f"{'2w gloo':>8} {'2w gloo/1w':>10}  load", flush=True)
         for name, model in models.items():
             row = results["models"][name]
-            runs, ray_cores, worker_cpu = ({k: [] for k in RUNS} for _ in range(3))
+            runs, ray_cores, worker_cpu, steal = ({k: [] for k in RUNS} for _ in range(4))
             ceiling = {"one": [], "two": [], "core_one": [], "core_two": []}
             for rep in range(args.repeats):
                 if name in SCALING_TARGETS:
@@ -465,6 +478,7 @@ def main(argv=None) -> int:
                     ray_cores[w].append(mon.epochs["ray"] if mon.epochs else float("nan"))
                     worker_cpu[w].append(mon.cpu_per_epoch["workers"] if mon.epochs
                                          else float("nan"))
+                    steal[w].append(mon.epochs["steal"] if mon.epochs else float("nan"))
                     row[f"ray_cores_by_process_{w}"] = {   # the last run's, busiest first
                         k: round(v, 4) for k, v in sorted(mon.epochs_by_name.items(),
                                                           key=lambda kv: -kv[1])}
@@ -473,6 +487,8 @@ def main(argv=None) -> int:
                 row[f"workers_{w}_all"] = runs[w]
                 row[f"ray_cores_{w}"] = statistics.median(ray_cores[w])
                 row[f"worker_cpu_s_per_epoch_{w}"] = min(worker_cpu[w])
+                row[f"worker_cpu_s_per_epoch_{w}_all"] = worker_cpu[w]
+                row[f"steal_cores_{w}_all"] = steal[w]
             # what 2 workers would give if each had a free core: 2 × CPU an epoch of 1 worker /
             # CPU an epoch of both (ignores time a rank waits for the other; holds under load)
             row["two_over_one_cpu"] = (2 * row["worker_cpu_s_per_epoch_1"]
@@ -514,6 +530,15 @@ def main(argv=None) -> int:
             busy = {k: v for k, v in results["models"][name]["ray_cores_by_process_2"].items()
                     if v >= 0.005 and "RayTrainWorker" not in k}
             print(f"   {name:10} " + ", ".join(f"{k} {v:.3f}" for k, v in busy.items()))
+        print("\n   each run in turn (1, 2 workers; 2g: 2 over gloo): samples/s | the workers' "
+              "CPU-s an epoch | the host's steal from this guest, cores (/proc/stat):")
+        for name in models:
+            row = results["models"][name]
+            for w in RUNS:
+                print(f"   {name:10} {w:>2} " + "   ".join(
+                    f"{r:6.0f} | {c:5.2f} | {st:.3f}" for r, c, st in zip(
+                        row[f"workers_{w}_all"], row[f"worker_cpu_s_per_epoch_{w}_all"],
+                        row[f"steal_cores_{w}_all"])))
         if args.tune:
             results["tune"] = tune_trial(tmp, data, next(iter(models.values())), args, lr)
     return _finish(results, args.json)
