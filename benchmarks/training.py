@@ -18,9 +18,11 @@ Prints, measured in one run on one local Ray instance, all at global batch --bat
      that Ray's own processes (GCS, raylet, dashboard, agents, Train controller and helper
      actors, this driver) used while the workers trained (epochs 2…N), in cores;
      For vae-conv and the PixelCNN also the machine's ceiling of 2 / 1 workers: two bare
-     processes at half the batch at once over one at the whole batch (no DDP, no Ray), and
-     the free cores: the same ratio for a loop that touches no memory (2.00 on two free
-     cores; a busy host or shared vCPUs give less). Then every run in turn: samples/s, the
+     processes at half the batch at once over one at the whole batch (no DDP, no Ray),
+     independent and in lock-step (a barrier before every step, as DDP ranks step: what
+     data parallelism costs on this host with a free all-reduce), and the free cores: the
+     same ratio for a loop that touches no memory (2.00 on two free cores; a busy host or
+     shared vCPUs give less). Then every run in turn: samples/s, the
      workers' CPU seconds an epoch, and the cores the host stole from this guest meanwhile
      (/proc/stat's steal): the same work costing more CPU with no steal is the host's vCPUs
      running slower;
@@ -160,11 +162,14 @@ def bare_rate(train_set, model_cfg: dict, L: int, batch: int, lr: float,
     return out
 
 
-def _timed_bare(data: str, model_cfg: dict, batch: int, lr: float, seconds: float,
+def _timed_bare(data: str, model_cfg: dict, batch: int, lr: float, seconds: float, peer,
                 start, rates) -> None:
     """In a process of its own: train_epoch over the in-memory train split at ``batch``, 1
     thread, freed memory kept as the workers keep it; after a warm-up, waits at ``start`` (a
-    Barrier) and puts the samples/s of the next ``seconds`` on ``rates``."""
+    Barrier) and puts the samples/s of the next ``seconds`` on ``rates``. With ``peer`` (one
+    end of a multiprocessing Pipe whose other end a second such process holds) the two step
+    in lock-step as DDP ranks do: neither begins a step before both ended the last one, and
+    both stop after the same step."""
     import torch
 
     from ising_dist.data import batches, make_datasets
@@ -178,13 +183,26 @@ def _timed_bare(data: str, model_cfg: dict, batch: int, lr: float, seconds: floa
     opts = model.configure_optimizers(lr)
     chunks = list(batches(sets["train"], batch))
     chunks = [chunks[i:i + 5] for i in range(0, len(chunks), 5)]   # 5 batches a clock read
+
+    def lockstep(chunk):   # a barrier before every batch but the first (see the stop below)
+        for j, b in enumerate(chunk):
+            if j:
+                peer.send_bytes(b"")
+                peer.recv_bytes()
+            yield b
+
     train_epoch(model, chunks[0], opts, "cpu")                    # warm-up
     start.wait()
-    n, t0, i = 0, time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        train_epoch(model, chunks[i % len(chunks)], opts, "cpu")
-        n += sum(len(x) for x, _ in chunks[i % len(chunks)])
+    n, t0, i, done = 0, time.perf_counter(), 0, False
+    while not done:
+        chunk = chunks[i % len(chunks)]
+        train_epoch(model, chunk if peer is None else lockstep(chunk), opts, "cpu")
+        n += sum(len(x) for x, _ in chunk)
         i += 1
+        done = time.perf_counter() - t0 >= seconds
+        if peer is not None:   # stop together, when either one's time is up (a barrier too)
+            peer.send_bytes(b"1" if done else b"0")
+            done = done or peer.recv_bytes() == b"1"
     rates.put(n / (time.perf_counter() - t0))
 
 
@@ -192,14 +210,14 @@ CEILING_S = 5.0   # s each process of strong_scaling_ceiling is timed
 CORES_S = 2.0     # s each process of core_ratio is timed
 
 
-def _together(target, args: tuple, procs: int) -> float:
-    """Run ``target(*args, start, rates)`` in ``procs`` spawned processes that start their
-    timed part together (``start``: a Barrier) and each put one rate on ``rates``; returns
-    the sum of their rates."""
+def _together(target, args: list[tuple]) -> float:
+    """Run ``target(*args[i], start, rates)`` in one spawned process for each ``args[i]``;
+    the processes start their timed part together (``start``: a Barrier) and each put one
+    rate on ``rates``; returns the sum of their rates."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
-    start, rates = ctx.Barrier(procs), ctx.Queue()
-    ps = [ctx.Process(target=target, args=(*args, start, rates)) for _ in range(procs)]
+    start, rates = ctx.Barrier(len(args)), ctx.Queue()
+    ps = [ctx.Process(target=target, args=(*a, start, rates)) for a in args]
     for pr in ps:
         pr.start()
     got = [rates.get(timeout=600) for _ in ps]
@@ -209,14 +227,22 @@ def _together(target, args: tuple, procs: int) -> float:
 
 
 def strong_scaling_ceiling(data: Path, model_cfg: dict, batch: int, lr: float,
-                           seconds: float = CEILING_S) -> tuple[float, float]:
+                           seconds: float = CEILING_S) -> tuple[float, float, float]:
     """What 2 workers could reach on this machine without DDP or Ray: (samples/s of one bare
-    process at ``batch``, summed samples/s of two bare processes at ``batch // 2`` running at
-    once, started together after their warm-up). Their ratio bounds 2 workers / 1 worker at
-    a fixed global batch: it holds the smaller batch's lower efficiency and the two
-    processes' contention for caches, memory and the machine's other load."""
-    return (_together(_timed_bare, (str(data), model_cfg, batch, lr, seconds), 1),
-            _together(_timed_bare, (str(data), model_cfg, batch // 2, lr, seconds), 2))
+    process at ``batch``; summed samples/s of two bare processes at ``batch // 2`` running at
+    once, started together after their warm-up; the same two in lock-step, a barrier before
+    every step). The second over the first bounds 2 workers / 1 worker at a fixed global
+    batch: it holds the smaller batch's lower efficiency and the two processes' contention for
+    caches, memory and the machine's other load. The third adds what data parallelism cannot
+    avoid: each step waits for the slower rank, so the ranks' step-time jitter (a busy host's
+    vCPUs change speed from millisecond to millisecond) costs throughput; it is the ceiling
+    of DDP itself, with a free all-reduce."""
+    import multiprocessing as mp
+    a, b = mp.get_context("spawn").Pipe()
+    half = (str(data), model_cfg, batch // 2, lr, seconds)
+    return (_together(_timed_bare, [(str(data), model_cfg, batch, lr, seconds, None)]),
+            _together(_timed_bare, [(*half, None), (*half, None)]),
+            _together(_timed_bare, [(*half, a), (*half, b)]))
 
 
 def _spin(seconds: float, start, rates) -> None:
@@ -238,7 +264,7 @@ def core_rates(seconds: float = CORES_S) -> tuple[float, float]:
     machine gives two processes: 2.0 on two free cores; less where they are shared (other
     load; a virtual machine's vCPUs on a busy host, or on the two hardware threads of one
     core)."""
-    return _together(_spin, (seconds,), 1), _together(_spin, (seconds,), 2)
+    return _together(_spin, [(seconds,)]), _together(_spin, [(seconds,), (seconds,)])
 
 
 # ---------------------------------------------------------------------------------- 3. Ray
@@ -457,12 +483,13 @@ def main(argv=None) -> int:
         for name, model in models.items():
             row = results["models"][name]
             runs, ray_cores, worker_cpu, steal = ({k: [] for k in RUNS} for _ in range(4))
-            ceiling = {"one": [], "two": [], "core_one": [], "core_two": []}
+            ceiling = {"one": [], "two": [], "lock": [], "core_one": [], "core_two": []}
             for rep in range(args.repeats):
                 if name in SCALING_TARGETS:
-                    one, two = strong_scaling_ceiling(data, model, args.batch, lr)
+                    one, two, lock = strong_scaling_ceiling(data, model, args.batch, lr)
                     ceiling["one"].append(one)
                     ceiling["two"].append(two)
+                    ceiling["lock"].append(lock)
                     one, two = core_rates()
                     ceiling["core_one"].append(one)
                     ceiling["core_two"].append(two)
@@ -500,6 +527,10 @@ def main(argv=None) -> int:
                 row["ceiling_bare_one"], row["ceiling_bare_two"] = (max(ceiling["one"]),
                                                                     max(ceiling["two"]))
                 row["ceiling_two_over_one"] = row["ceiling_bare_two"] / row["ceiling_bare_one"]
+                row["ceiling_lockstep_two"] = max(ceiling["lock"])
+                row["ceiling_lockstep_two_over_one"] = (row["ceiling_lockstep_two"]
+                                                        / row["ceiling_bare_one"])
+                row["ceiling_all"] = {k: ceiling[k] for k in ("one", "two", "lock")}
                 row["free_cores"] = max(ceiling["core_two"]) / max(ceiling["core_one"])
             print(f"   {name:10} {row['bare']:7.0f} {row['workers_1']:9.0f} "
                   f"{row['workers_2']:9.0f} {row['one_over_bare']:7.2f} "
@@ -512,14 +543,22 @@ def main(argv=None) -> int:
         ceilings = [m for m in models if m in SCALING_TARGETS]
         if ceilings:
             print(f"\n   the machine's ceiling of 2w/1w, no DDP or Ray: two bare processes at "
-                  f"batch {args.batch // 2} at once / one at batch {args.batch} ({CEILING_S:.0f} s"
-                  f" each, best of {args.repeats}, measured before each round of runs):")
+                  f"batch {args.batch // 2} at once, independent and in lock-step (a barrier "
+                  f"before every step, as DDP ranks step), / one at batch {args.batch} "
+                  f"({CEILING_S:.0f} s each, best of {args.repeats}, measured before each round "
+                  f"of runs):")
         for name in ceilings:
             row = results["models"][name]
-            print(f"   {name:10} {row['ceiling_bare_two']:7.0f} / "
-                  f"{row['ceiling_bare_one']:5.0f} = {row['ceiling_two_over_one']:.2f}; "
-                  f"2w/1w is {row['two_over_one'] / row['ceiling_two_over_one']:.2f} of it; "
+            print(f"   {name:10} independent {row['ceiling_bare_two']:7.0f} / "
+                  f"{row['ceiling_bare_one']:5.0f} = {row['ceiling_two_over_one']:.2f}, "
+                  f"lock-step {row['ceiling_lockstep_two']:7.0f} / {row['ceiling_bare_one']:5.0f}"
+                  f" = {row['ceiling_lockstep_two_over_one']:.2f}; 2w/1w is "
+                  f"{row['two_over_one'] / row['ceiling_two_over_one']:.2f} and "
+                  f"{row['two_over_one'] / row['ceiling_lockstep_two_over_one']:.2f} of them; "
                   f"free cores {row['free_cores']:.2f}")
+            print(f"   {'':10} each round (one | independent | lock-step): " + "   ".join(
+                f"{o:5.0f} | {t:6.0f} | {k:6.0f}" for o, t, k in zip(
+                    *(row["ceiling_all"][c] for c in ("one", "two", "lock")))))
         if ceilings:
             print(f"   (free cores: two processes of a pure-Python loop at once / one alone, "
                   f"{CORES_S:.0f} s each, best of {args.repeats}, measured with each ceiling; "
