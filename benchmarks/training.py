@@ -522,6 +522,10 @@ def main(argv=None) -> int:
             row["one_over_bare"] = row["workers_1"] / row["bare"]
             row["two_over_one"] = row["workers_2"] / row["workers_1"]
             row["two_gloo_over_one"] = row["workers_2g"] / row["workers_1"]
+            # the same ratio round by round: the 1- and 2-worker runs of a round are taken
+            # back to back, so each ratio sees one state of the host; their spread is the
+            # error bar of the best-of ratio above
+            row["two_over_one_rounds"] = [b / a for a, b in zip(runs[1], runs[2])]
             if ceiling["one"]:
                 row["ceiling_bare_one"], row["ceiling_bare_two"] = (max(ceiling["one"]),
                                                                     max(ceiling["two"]))
@@ -572,6 +576,9 @@ def main(argv=None) -> int:
               "CPU-s an epoch | the host's steal from this guest, cores (/proc/stat):")
         for name in models:
             row = results["models"][name]
+            rounds = row["two_over_one_rounds"]
+            print(f"   {name:10} 2w/1w round by round " + " ".join(f"{r:.2f}" for r in rounds)
+                  + f"; median {statistics.median(rounds):.2f}")
             for w in RUNS:
                 print(f"   {name:10} {w:>2} " + "   ".join(
                     f"{r:6.0f} | {c:5.2f} | {st:.3f}" for r, c, st in zip(
