@@ -22,9 +22,11 @@ Prints, measured in one run on one local Ray instance, all at global batch --bat
      independent and in lock-step (a barrier before every step, as DDP ranks step: what
      data parallelism costs on this host with a free all-reduce), and the free cores: the
      same ratio for a loop that touches no memory (2.00 on two free cores; a busy host or
-     shared vCPUs give less). Then every run in turn: samples/s, the workers' CPU seconds an
-     epoch, and the cores the host stole from this guest meanwhile (/proc/stat's steal): the
-     same work costing more CPU with no steal is the host's vCPUs running slower;
+     shared vCPUs give less). Then 2w/1w round by round (a round's 1- and 2-worker runs are
+     back to back; their spread is the best-of ratio's error bar) and every run in turn:
+     samples/s, the workers' CPU seconds an epoch, and the cores the host stole from this
+     guest meanwhile (/proc/stat's steal): the same work costing more CPU with no steal is
+     the host's vCPUs running slower;
   4. with --tune, one Tune trial of the first model against the same run without Tune.
 Targets (issue 17): 1 worker ≥ 0.8 × bare for every model; 2 workers ≥ 1.6 × 1 worker for
 vae-conv and the PixelCNN (2 free cores). Other load on the machine lowers both: the load
